@@ -1,0 +1,109 @@
+"""The `tokenmeter` command line (an adapter: parse, call the core, print)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.errors import TokenmeterError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("connection (override TOKENMETER_* env)")
+    g.add_argument("--kafka", metavar="HOST:PORT", help="Kafka bootstrap servers")
+    g.add_argument("--clickhouse", metavar="DSN", help="chdb:///dir or http(s)://host:port")
+    g.add_argument("--data-dir", metavar="DIR", help="embedded data dir (default ./.tokenmeter)")
+    g.add_argument("--web-host", metavar="HOST")
+    g.add_argument("--web-port", metavar="PORT", type=int)
+    g.add_argument("--partitions", type=int)
+    g.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    from pipeline.cli import commands as c
+
+    p = argparse.ArgumentParser(
+        prog="tokenmeter", description="Metering pipeline for LLM token spend."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, func: object, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        _common(sp)
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = cmd("up", c.cmd_up, "run the whole stack in the foreground (embedded parts by default)")
+    sp.add_argument("--demo", action="store_true", help="add simulated traffic")
+    sp.add_argument("--demo-rate", type=float, default=50.0, help="demo events per second")
+    cmd("worker", c.cmd_worker, "run one worker against the configured Kafka and ClickHouse")
+    cmd("broker", c.cmd_broker, "run only the embedded Kafka-protocol broker, in the foreground")
+    cmd("migrate", c.cmd_migrate, "apply sql/ migrations to ClickHouse")
+
+    sp = cmd("query", c.cmd_query, "run one read-only SQL query")
+    sp.add_argument("sql")
+    sp.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+    sp = cmd("produce", c.cmd_produce, "publish JSONL usage events (validated first)")
+    sp.add_argument("file", help="JSONL file or - for stdin")
+    sp.add_argument("--batch", type=int, default=100, help="events per batch envelope (1: none)")
+
+    sp = cmd("simulate", c.cmd_simulate, "publish realistic synthetic traffic")
+    sp.add_argument("--tenants", type=int, default=20)
+    sp.add_argument("--rate", type=float, default=100.0, help="events per second")
+    sp.add_argument("--duration", type=float, default=10.0, help="seconds")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--batch", type=int, default=1, help="events per batch envelope")
+
+    sp = cmd("validate", c.cmd_validate, "offline: one JSON verdict per input line")
+    sp.add_argument("file", help="JSONL file or - for stdin")
+
+    sp = cmd("price", c.cmd_price, "price one call, or a JSONL file of events, offline")
+    sp.add_argument("--model")
+    sp.add_argument("--input-tokens", type=int, default=0)
+    sp.add_argument("--output-tokens", type=int, default=0)
+    sp.add_argument("--cache-read-tokens", type=int, default=0)
+    sp.add_argument("--cache-creation-tokens", type=int, default=0)
+    sp.add_argument("--reasoning-tokens", type=int, default=0)
+    sp.add_argument("--service-tier", default="standard",
+                    choices=["standard", "batch", "flex", "priority"])
+    sp.add_argument("--at", metavar="TS", help="RFC 3339 time to price at (default now)")
+    sp.add_argument("--events", metavar="FILE", help="JSONL of UsageEvents (- for stdin)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("tokens", c.cmd_tokens, "count tokens offline; names the encoding used")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("text", nargs="?", default="-", help="text, or - for stdin")
+
+    sp = cmd("prices", c.cmd_prices, "the price catalog")
+    sp.add_argument("action", choices=["list", "show", "import"])
+    sp.add_argument("arg", nargs="?", help="MODEL for show, FILE for import")
+    sp.add_argument("--effective-from", metavar="DATE", help="for import")
+    sp.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tokenmeter` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level or "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code = int(args.func(args) or 0)
+    except TokenmeterError as exc:
+        print(f"tokenmeter: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

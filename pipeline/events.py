@@ -1,0 +1,171 @@
+"""Message models: the contract of every topic (see DESIGN.md, "Messages")."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+)
+
+# Limits (documented in README "Input limits"); over them is reason_code too_large.
+MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_BATCH_EVENTS = 1000
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 512 * 1024
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_CHARS = 1024
+MAX_TOKENS = 100_000_000  # no model has a context anywhere near this per call
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, strip_whitespace=True)]
+OptId = Annotated[str, StringConstraints(max_length=MAX_ID_CHARS)] | None
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
+Money = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str, when_used="json")]
+
+
+class Criticality(StrEnum):
+    """How much the caller says this call matters."""
+
+    low = "low"
+    normal = "normal"
+    high = "high"
+    critical = "critical"
+
+
+class ServiceTier(StrEnum):
+    """Provider service tier; batch/flex/priority have their own prices."""
+
+    standard = "standard"
+    batch = "batch"
+    flex = "flex"
+    priority = "priority"
+
+
+class UsageEvent(BaseModel):
+    """One LLM call, as a producer reports it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    event_id: Id
+    timestamp: UtcDatetime
+    tenant_id: Id
+    project_id: OptId = None
+    user_id: OptId = None
+    feature: OptId = None
+    trace_id: OptId = None
+    attributes: dict[str, Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_CHARS)]] = (
+        Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
+    )
+    provider: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    model: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+    input_tokens: Tokens | None = None
+    cache_read_input_tokens: Tokens = 0
+    cache_creation_input_tokens: Tokens = 0
+    output_tokens: Tokens | None = None
+    reasoning_output_tokens: Tokens = 0
+    input_text: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | None = None
+    output_text: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | None = None
+    task_type: OptId = None
+    criticality: Criticality = Criticality.normal
+    user_tier: OptId = None
+    service_tier: ServiceTier = ServiceTier.standard
+    cache_hit: bool = False
+
+
+class CostLines(BaseModel):
+    """What one call cost, line by line (Decimal, in the catalog currency)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_cost: Money = Decimal(0)
+    cache_read_cost: Money = Decimal(0)
+    cache_write_cost: Money = Decimal(0)
+    output_cost: Money = Decimal(0)
+    reasoning_cost: Money = Decimal(0)
+    total_cost: Money = Decimal(0)
+    saved_cost: Money = Decimal(0)
+    currency: str = "USD"
+    price_version: str = ""
+    priced_model: str = ""
+
+
+class PricedUsage(BaseModel):
+    """A validated, counted, priced and value-scored event (text fields dropped)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    timestamp: datetime
+    tenant_id: str
+    project_id: str | None = None
+    user_id: str | None = None
+    feature: str | None = None
+    trace_id: str | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+    provider: str
+    model: str
+    input_tokens: int
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    output_tokens: int
+    reasoning_output_tokens: int = 0
+    task_type: str | None = None
+    criticality: Criticality = Criticality.normal
+    user_tier: str | None = None
+    service_tier: ServiceTier = ServiceTier.standard
+    cache_hit: bool = False
+    token_source: str = "provided"  # noqa: S105 - not a secret
+    input_cost: Money = Decimal(0)
+    cache_read_cost: Money = Decimal(0)
+    cache_write_cost: Money = Decimal(0)
+    output_cost: Money = Decimal(0)
+    reasoning_cost: Money = Decimal(0)
+    total_cost: Money = Decimal(0)
+    saved_cost: Money = Decimal(0)
+    currency: str = "USD"
+    price_version: str = ""
+    priced_model: str = ""
+    value_weight: Money = Decimal(1)
+    value_units: Money = Decimal(0)
+    value_tier: str = "standard"
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens (cached and reasoning are inside those)."""
+        return self.input_tokens + self.output_tokens
+
+
+class DeadLetter(BaseModel):
+    """A message that could not be metered, with why and where it came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason_code: str
+    detail: str
+    raw: str = Field(description="payload (text fields removed, size-capped)")
+    source_topic: str = ""
+    source_partition: int = -1
+    source_offset: int = -1
+    event_id: str | None = None
+    tenant_id: str | None = None
+    received_at: datetime
+
+
+def event_json_schema() -> dict[str, Any]:
+    """JSON Schema of UsageEvent (validation mode)."""
+    return UsageEvent.model_json_schema()

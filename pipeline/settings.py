@@ -1,0 +1,155 @@
+"""Runtime configuration: one frozen settings object, env prefix ``TOKENMETER_``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import ConfigError
+
+TOPIC_EVENTS = "usage-events"
+TOPIC_DLQ = "usage-events-dlq"
+TOPIC_BUDGETS = "budgets"
+TOPIC_BREACHES = "budget-breaches"
+
+
+class Settings(BaseSettings):
+    """Everything configurable; built once at the entry point and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENMETER_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    clickhouse_dsn: str | None = Field(
+        default=None, description="chdb:///<dir> (embedded) or http(s)://host:port"
+    )
+    clickhouse_password: SecretStr | None = None
+    clickhouse_database: str = "tokenmeter"
+    data_dir: Path = Path("./.tokenmeter")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    api_token: SecretStr | None = None
+    partitions: int = Field(default=8, ge=1, le=1024)
+    app_id: str = "tokenmeter"
+    topic_prefix: str = ""
+    # Measured on Tansu: Faust's default timeouts made a fresh group wait ~30 s for its
+    # assignment; these get it in ~4-6 s (DESIGN.md, "Measured facts").
+    session_timeout_s: float = 6.0
+    rebalance_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 1.0
+    sink_batch_rows: int = Field(default=5000, ge=1)
+    sink_flush_s: float = Field(default=0.5, gt=0)
+    take_max: int = Field(default=2000, ge=1)
+    take_within_s: float = Field(default=0.2, gt=0)
+    log_level: str = "WARNING"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, v: str) -> str:
+        for part in v.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected HOST:PORT[,HOST:PORT...], got {v!r}")
+        return v
+
+    @property
+    def dsn(self) -> str:
+        """The effective ClickHouse DSN (embedded chDB under data_dir by default)."""
+        if self.clickhouse_dsn:
+            return self.clickhouse_dsn
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def embedded_store(self) -> bool:
+        """True when ClickHouse runs in-process through chDB."""
+        return parse_dsn(self.dsn).scheme == "chdb"
+
+    @property
+    def web_url(self) -> str:
+        """Base URL of this worker's HTTP API."""
+        host = "127.0.0.1" if self.web_host in ("0.0.0.0", "::") else self.web_host  # noqa: S104
+        return f"http://{host}:{self.web_port}"
+
+    def topic(self, name: str) -> str:
+        """Full topic name with the configured prefix (tests isolate topics this way)."""
+        return f"{self.topic_prefix}{name}"
+
+    def broker_address(self) -> tuple[str, int]:
+        """(host, port) of the first bootstrap server."""
+        host, _, port = self.kafka_bootstrap.split(",")[0].strip().rpartition(":")
+        return host, int(port)
+
+
+class Dsn:
+    """A parsed ClickHouse DSN."""
+
+    def __init__(self, scheme: str, path: str | None, host: str | None, port: int | None,
+                 username: str | None, database: str | None, raw: str) -> None:
+        self.scheme = scheme
+        self.path = path
+        self.host = host
+        self.port = port
+        self.username = username
+        self.database = database
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        where = self.path if self.scheme == "chdb" else f"{self.host}:{self.port}"
+        return f"Dsn({self.scheme}://{where})"
+
+
+def parse_dsn(dsn: str) -> Dsn:
+    """Parse ``chdb:///dir``, ``chdb://relative/dir`` or ``http(s)://[user@]host[:port][/db]``."""
+    parts = urlsplit(dsn)
+    scheme = parts.scheme.lower()
+    if scheme == "chdb":
+        path = (parts.netloc + parts.path) if parts.netloc else parts.path
+        if not path or path == "/":
+            raise ConfigError(
+                f"ClickHouse DSN {dsn!r} has no data directory; "
+                "use chdb:///absolute/dir (TOKENMETER_CLICKHOUSE_DSN or --clickhouse)"
+            )
+        return Dsn("chdb", path, None, None, None, None, dsn)
+    if scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ConfigError(
+                f"ClickHouse DSN {dsn!r} has no host; use http://host:8123 "
+                "(TOKENMETER_CLICKHOUSE_DSN or --clickhouse)"
+            )
+        try:
+            port = parts.port or (8443 if scheme == "https" else 8123)
+        except ValueError as exc:
+            raise ConfigError(f"ClickHouse DSN {dsn!r} has a bad port: {exc}") from None
+        database = parts.path.strip("/") or None
+        return Dsn(scheme, None, parts.hostname, port, parts.username, database, dsn)
+    raise ConfigError(
+        f"ClickHouse DSN {dsn!r} has unsupported scheme {parts.scheme!r}; "
+        "use chdb:///dir (embedded) or http(s)://host:port (server) "
+        "in TOKENMETER_CLICKHOUSE_DSN or --clickhouse"
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from env, then apply non-None CLI overrides; errors become ConfigError."""
+    from pydantic import ValidationError
+
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = Settings(**clean)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"invalid setting {field} (TOKENMETER_{field.upper()}): {first['msg']}"
+        ) from None
+    parse_dsn(settings.dsn)
+    return settings

@@ -1,0 +1,82 @@
+"""Realistic synthetic usage traffic (pure: the caller passes time and a seed)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import datetime
+from typing import Any
+
+# (provider, model, weight): a plausible production mix across providers
+MODEL_MIX: tuple[tuple[str, str, float], ...] = (
+    ("openai", "gpt-4o-mini", 30), ("openai", "gpt-4o-2024-08-06", 12),
+    ("openai", "gpt-4.1", 6), ("openai", "o3-mini", 3), ("openai", "gpt-5-mini", 5),
+    ("anthropic", "claude-3-5-sonnet-20241022", 10), ("anthropic", "claude-3-haiku-20240307", 8),
+    ("anthropic", "claude-sonnet-4-20250514", 5), ("google", "gemini-1.5-flash-002", 8),
+    ("google", "gemini-2.5-pro", 3), ("groq", "llama3-70b-8192", 4), ("groq", "llama3-8b-8192", 3),
+    ("mistral", "mistral-large-latest", 2), ("deepseek", "deepseek-chat", 1),
+)
+FEATURES = ("chat", "search", "summarize", "email", "agent", "classify", "extract")
+TASKS: tuple[tuple[str, float], ...] = (
+    ("customer_support", 25), ("sales_email", 15), ("summarization", 15), ("code_generation", 10),
+    ("data_analysis", 8), ("regulatory_compliance", 4), ("marketing_copy", 8), ("chat", 10),
+    ("fraud_detection", 2), ("experimentation", 3),
+)
+CRITICALITY = (("low", 15), ("normal", 65), ("high", 15), ("critical", 5))
+USER_TIERS = (("free", 40), ("standard", 35), ("pro", 20), ("enterprise", 5))
+_WORDS = "the invoice customer model request answer report policy data summary risk".split()
+
+
+class Simulator:
+    """Generates usage events for N tenants with skewed (Zipf-like) sizes."""
+
+    def __init__(self, tenants: int, seed: int = 0, text_share: float = 0.05,
+                 cache_hit_share: float = 0.04) -> None:
+        self.rng = random.Random(seed)
+        self.tenants = [f"tenant-{i:05d}" for i in range(tenants)]
+        self.tenant_weights = [1.0 / (i + 1) ** 1.1 for i in range(tenants)]
+        self.text_share = text_share
+        self.cache_hit_share = cache_hit_share
+        self._models = [m[:2] for m in MODEL_MIX]
+        self._model_w = [m[2] for m in MODEL_MIX]
+
+    def _pick(self, table: tuple[tuple[str, float], ...]) -> str:
+        return self.rng.choices([t[0] for t in table], [t[1] for t in table])[0]
+
+    def event(self, at: datetime) -> dict[str, Any]:
+        """One synthetic usage event at time ``at``."""
+        rng = self.rng
+        tenant = rng.choices(self.tenants, self.tenant_weights)[0]
+        provider, model = rng.choices(self._models, self._model_w)[0]
+        input_tokens = int(rng.lognormvariate(6.5, 1.0)) + 1
+        output_tokens = int(rng.lognormvariate(5.0, 0.9)) + 1
+        event: dict[str, Any] = {
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "timestamp": at.isoformat(),
+            "tenant_id": tenant,
+            "project_id": f"{tenant}-p{rng.randint(1, 3)}",
+            "user_id": f"user-{rng.randint(1, 200)}",
+            "feature": rng.choice(FEATURES),
+            "provider": provider,
+            "model": model,
+            "task_type": self._pick(TASKS),
+            "criticality": self._pick(CRITICALITY),
+            "user_tier": self._pick(USER_TIERS),
+        }
+        roll = rng.random()
+        if roll < self.text_share:
+            n = max(1, input_tokens // 50)
+            event["input_text"] = " ".join(rng.choice(_WORDS) for _ in range(n))
+            event["output_text"] = " ".join(rng.choice(_WORDS) for _ in range(max(1, n // 3)))
+            return event
+        event["input_tokens"] = input_tokens
+        event["output_tokens"] = output_tokens
+        if provider == "anthropic" and rng.random() < 0.3:
+            event["cache_read_input_tokens"] = rng.randint(0, input_tokens)
+        if model.startswith(("o3", "gpt-5")):
+            event["reasoning_output_tokens"] = rng.randint(0, output_tokens)
+        if rng.random() < self.cache_hit_share:
+            event["cache_hit"] = True
+        if rng.random() < 0.03:
+            event["service_tier"] = "batch"
+        return event

@@ -1,0 +1,113 @@
+"""ClickHouse client factory: ``chdb://`` (in-process) and ``http(s)://`` give one API."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import StoreError
+from pipeline.settings import Settings, parse_dsn
+
+
+class Store:
+    """A ClickHouse client bound to one database; thread-safe (chDB is not re-entrant)."""
+
+    def __init__(self, client: Any, database: str, lock_file: Any = None) -> None:
+        self.client = client
+        self.database = database
+        self._lock = threading.Lock()
+        self._lock_file = lock_file
+
+    def command(self, sql: str, settings: dict[str, Any] | None = None) -> Any:
+        """Run a statement that returns no rows."""
+        with self._lock:
+            return self.client.command(sql, settings=settings)
+
+    def query(self, sql: str, settings: dict[str, Any] | None = None,
+              parameters: dict[str, Any] | None = None) -> Any:
+        """Run a query; returns clickhouse-connect's QueryResult."""
+        with self._lock:
+            return self.client.query(sql, settings=settings, parameters=parameters)
+
+    def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Result rows of a query."""
+        return list(self.query(sql, parameters=parameters).result_rows)
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
+        """Insert rows into ``database.table``."""
+        with self._lock:
+            self.client.insert(table, rows, column_names=list(columns), database=self.database)
+
+    def close(self) -> None:
+        """Close the client and release the data-dir lock."""
+        with self._lock:
+            try:
+                self.client.close()
+            finally:
+                if self._lock_file is not None:
+                    self._lock_file.close()
+                    self._lock_file = None
+
+
+def _lock_dir(path: Path) -> Any:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock = open(path.parent / f"{path.name}.lock", "a+")  # noqa: SIM115 - held for life
+    except OSError as exc:
+        raise StoreError(
+            f"ClickHouse data dir {path} is not writable ({exc.strerror}); "
+            "set TOKENMETER_DATA_DIR or --data-dir to a writable directory"
+        ) from None
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise StoreError(
+            f"ClickHouse data dir {path} is held by another process (pid {holder}); chDB "
+            "opens a directory in one process only: stop that process, or use "
+            "`tokenmeter query` which goes through a running worker's HTTP API"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def open_store(settings: Settings, database: str | None = None) -> Store:
+    """Open the configured ClickHouse (embedded chDB or server) and check it answers."""
+    import clickhouse_connect
+
+    dsn = parse_dsn(settings.dsn)
+    db = database or settings.clickhouse_database
+    lock = None
+    try:
+        if dsn.scheme == "chdb":
+            assert dsn.path is not None
+            path = Path(dsn.path)
+            lock = _lock_dir(path)
+            client = clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}")
+        else:
+            extra: dict[str, Any] = {}
+            if settings.clickhouse_password is not None:
+                extra["password"] = settings.clickhouse_password.get_secret_value()
+            client = clickhouse_connect.get_client(
+                dsn=dsn.raw, connect_timeout=5, send_receive_timeout=60, **extra
+            )
+        client.command("SELECT 1")
+    except StoreError:
+        raise
+    except Exception as exc:
+        if lock is not None:
+            lock.close()
+        raise StoreError(
+            f"cannot open ClickHouse at {dsn!r}: {str(exc).splitlines()[0][:200]}; "
+            "check TOKENMETER_CLICKHOUSE_DSN or --clickhouse"
+        ) from None
+    return Store(client, db, lock)

@@ -1,0 +1,108 @@
+"""The read-only query surface used by `tokenmeter query` and `POST /api/query`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from pipeline.errors import QueryRefused, StoreError
+from pipeline.store.client import Store
+
+MAX_SQL_CHARS = 100_000
+READ_ONLY_SETTINGS: dict[str, Any] = {
+    "readonly": 2,  # 2: read-only data, but per-query limits below may still be applied
+    "max_execution_time": 30,
+    "max_result_rows": 100_000,
+    "result_overflow_mode": "throw",
+    "max_memory_usage": 2_000_000_000,
+}
+_STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`")
+_COMMENTS = re.compile(r"--[^\n]*|#[^\n]*|/\*.*?\*/", re.S)
+_FIRST = re.compile(r"^\s*\(*\s*(select|with|show|describe|desc|explain|exists)\b", re.I)
+_DENIED_WORDS = re.compile(
+    r"\b(insert|alter|drop|create|system|set|truncate|rename|optimize|kill|grant|revoke|"
+    r"attach|detach|delete|update|exchange|move|backup|restore|settings)\b",
+    re.I,
+)
+_DENIED_FUNCS = re.compile(
+    r"\b(file|url|urlcluster|remote|remotesecure|s3|s3cluster|gcs|hdfs|hdfscluster|input|"
+    r"mysql|postgresql|jdbc|odbc|sqlite|mongodb|redis|executable|cluster|clusterallreplicas|"
+    r"azureblobstorage|azureblobstoragecluster|iceberg\w*|deltalake\w*|hudi\w*|dictionary|"
+    r"filesystem\w*|loop|merge|view|generaterandom|numbers_mt|fuzzjson|fuzzquery)\s*\(",
+    re.I,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """Column names and JSON-safe rows."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+def check_read_only(sql: str) -> str:
+    """Return the single statement to run, or raise QueryRefused saying why."""
+    if len(sql) > MAX_SQL_CHARS:
+        raise QueryRefused(f"query is {len(sql)} characters; the limit is {MAX_SQL_CHARS}")
+    bare = _COMMENTS.sub(" ", _STRINGS.sub("''", sql)).strip()
+    statement = sql.strip()
+    if bare.endswith(";"):
+        bare = bare[:-1].rstrip()
+        statement = statement.rstrip().rstrip(";").rstrip()
+    if not bare:
+        raise QueryRefused("empty query")
+    if ";" in bare:
+        raise QueryRefused("only one statement per query is allowed")
+    if not _FIRST.match(bare):
+        raise QueryRefused(
+            "only read-only queries run here (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)"
+        )
+    word = _DENIED_WORDS.search(bare)
+    if word:
+        raise QueryRefused(f"{word.group(1).upper()} is not allowed in a read-only query")
+    func = _DENIED_FUNCS.search(bare)
+    if func:
+        raise QueryRefused(
+            f"table function {func.group(1)}() is not allowed: queries read tokenmeter's "
+            "tables only"
+        )
+    return statement
+
+
+def json_safe(value: Any) -> Any:
+    """Convert a ClickHouse value into something JSON can carry without losing money."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat() if value.tzinfo else value.isoformat() + "Z"
+    if isinstance(value, date | UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    return value
+
+
+def run_read_only(store: Store, sql: str) -> QueryResult:
+    """Check and run one read-only query against ``store`` (default database set)."""
+    statement = check_read_only(sql)
+    settings = dict(READ_ONLY_SETTINGS)
+    try:
+        result = store.query(statement, settings=settings)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"query failed: {message[:500]}") from None
+    return QueryResult(
+        columns=list(result.column_names),
+        rows=[[json_safe(v) for v in row] for row in result.result_rows],
+    )

@@ -1,0 +1,69 @@
+"""Topic administration: create the contract's topics when missing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pipeline.errors import BrokerError
+from pipeline.settings import (
+    TOPIC_BREACHES,
+    TOPIC_BUDGETS,
+    TOPIC_DLQ,
+    TOPIC_EVENTS,
+    Settings,
+)
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword options (bootstrap, security) from settings."""
+    opts: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap}
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        import ssl
+
+        opts["security_protocol"] = settings.kafka_security_protocol
+        if "SSL" in settings.kafka_security_protocol:
+            opts["ssl_context"] = ssl.create_default_context()
+        if settings.kafka_sasl_mechanism:
+            opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
+            opts["sasl_plain_username"] = settings.kafka_sasl_username
+            if settings.kafka_sasl_password is not None:
+                opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return opts
+
+
+async def ensure_topics(settings: Settings, timeout: float = 10.0) -> list[str]:
+    """Create usage-events, usage-events-dlq, budgets (compacted), budget-breaches if missing."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(request_timeout_ms=int(timeout * 1000),
+                                **kafka_client_options(settings))
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        await admin.close()
+        raise BrokerError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(exc).__name__}); start "
+            "one with `tokenmeter broker`, or set TOKENMETER_KAFKA_BOOTSTRAP / --kafka"
+        ) from None
+    try:
+        existing = set(await admin.list_topics())
+        wanted = {
+            settings.topic(TOPIC_EVENTS): {},
+            settings.topic(TOPIC_DLQ): {},
+            settings.topic(TOPIC_BUDGETS): {"cleanup.policy": "compact"},
+            settings.topic(TOPIC_BREACHES): {},
+        }
+        new = [
+            NewTopic(name, settings.partitions, 1, topic_configs=cfg)
+            for name, cfg in wanted.items() if name not in existing
+        ]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another worker created them first
+        return [t.name for t in new]
+    finally:
+        await admin.close()

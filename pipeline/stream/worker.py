@@ -1,0 +1,126 @@
+"""Run a worker (and, for `tokenmeter up`, the embedded broker and demo traffic)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from contextlib import suppress
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline.broker import EmbeddedBroker, port_free
+from pipeline.catalog import load_catalog
+from pipeline.errors import BrokerError, ConfigError, StoreError
+from pipeline.scoring import load_policy
+from pipeline.settings import TOPIC_EVENTS, Settings
+from pipeline.store.client import Store, open_store
+from pipeline.store.migrations import migrate
+from pipeline.stream.topics import ensure_topics, kafka_client_options
+
+log = logging.getLogger(__name__)
+WORKER_FILE = "worker.json"
+
+
+def worker_file(settings: Settings) -> Path:
+    """Where a running worker advertises its pid and API URL."""
+    return settings.data_dir / WORKER_FILE
+
+
+def running_worker(settings: Settings) -> dict[str, Any] | None:
+    """The advertised worker holding this data dir, if its process is alive."""
+    path = worker_file(settings)
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info
+
+
+def _prepare_data_dir(settings: Settings) -> None:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.data_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"data dir {settings.data_dir} is not writable ({exc.strerror}); "
+            "set TOKENMETER_DATA_DIR or --data-dir"
+        ) from None
+
+
+def run_worker(settings: Settings, *, embedded_broker: bool = False, demo: bool = False,
+               demo_rate: float = 50.0) -> int:
+    """Run until SIGINT/SIGTERM; flushes pending rows and stops every child it started."""
+    import faust
+
+    if not port_free(settings.web_host, settings.web_port):
+        raise ConfigError(
+            f"web port {settings.web_host}:{settings.web_port} is already in use; "
+            "stop what uses it or set TOKENMETER_WEB_PORT / --web-port"
+        )
+    _prepare_data_dir(settings)
+    broker: EmbeddedBroker | None = None
+    store: Store | None = None
+    started = time.monotonic()
+    try:
+        if embedded_broker:
+            host, port = settings.broker_address()
+            broker = EmbeddedBroker(host, port, log_path=settings.data_dir / "broker.log")
+            broker.start()
+        asyncio.run(ensure_topics(settings))
+        store = open_store(settings)
+        migrate(store)
+        from pipeline.stream.app import build_app
+
+        runtime = build_app(settings, store, load_catalog(), load_policy())
+        if demo:
+            _add_demo_traffic(runtime.app, settings, demo_rate)
+        info = {"pid": os.getpid(), "url": settings.web_url, "started_at": time.time()}
+        worker_file(settings).write_text(json.dumps(info))
+        log.info("worker prepared in %.2f s", time.monotonic() - started)
+        worker = faust.Worker(runtime.app, loglevel=settings.log_level, quiet=True,
+                              redirect_stdouts=False)
+        with suppress(SystemExit):
+            worker.execute_from_commandline()
+        return 0
+    finally:
+        with suppress(OSError):
+            info_now = json.loads(worker_file(settings).read_text())
+            if info_now.get("pid") == os.getpid():
+                worker_file(settings).unlink()
+        if store is not None:
+            store.close()
+        if broker is not None:
+            broker.stop()
+
+
+def _add_demo_traffic(app: Any, settings: Settings, rate: float) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from pipeline.simulate import Simulator
+
+    async def demo_traffic() -> None:
+        sim = Simulator(tenants=50, seed=7)
+        producer = AIOKafkaProducer(linger_ms=20, **kafka_client_options(settings))
+        await producer.start()
+        topic = settings.topic(TOPIC_EVENTS)
+        try:
+            while True:
+                now = datetime.now(timezone.utc)
+                batch = [sim.event(now) for _ in range(max(1, int(rate / 10)))]
+                await producer.send(topic, json.dumps(batch).encode(),
+                                    key=batch[0]["tenant_id"].encode())
+                await asyncio.sleep(0.1)
+        finally:
+            await producer.stop()
+
+    app.task(demo_traffic)
+
+
+__all__ = ["run_worker", "running_worker", "BrokerError", "StoreError"]

@@ -1,0 +1,73 @@
+"""Worker HTTP API: health, metrics, read-only query (thin adapters over the core)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from pipeline.errors import QueryRefused, StoreError
+from pipeline.store.queries import run_read_only
+
+
+def register_views(app: Any, runtime: Any) -> None:
+    """Attach the API views to the Faust web server of ``app``."""
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            if not runtime.ready:
+                return self.json({"status": "starting"}, status=503)
+            m = runtime.processor.metrics
+            return self.json({
+                "status": "ready",
+                "messages": m.messages,
+                "events": m.events,
+                "dead_letters": sum(m.dead.values()),
+                "sink_healthy": runtime.processor.sink.healthy,
+            })
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            m = runtime.processor.metrics
+            lines = [
+                "# TYPE tokenmeter_messages_total counter",
+                f"tokenmeter_messages_total {m.messages}",
+                "# TYPE tokenmeter_events_total counter",
+                f"tokenmeter_events_total {m.events}",
+                "# TYPE tokenmeter_sink_rows_total counter",
+                f"tokenmeter_sink_rows_total {runtime.processor.sink.rows_written}",
+                "# TYPE tokenmeter_sink_failures_total counter",
+                f"tokenmeter_sink_failures_total {runtime.processor.sink.failures}",
+                "# TYPE tokenmeter_dead_letters_total counter",
+            ]
+            lines += [
+                f'tokenmeter_dead_letters_total{{reason_code="{r}"}} {n}'
+                for r, n in sorted(m.dead.items())
+            ]
+            return self.text("\n".join(lines) + "\n",
+                             content_type="text/plain; version=0.0.4")
+
+    @app.page("/api/query")
+    class Query(View):
+        async def post(self, request: Request) -> Response:
+            try:
+                body = await request.json()
+                sql = body["sql"]
+                if not isinstance(sql, str):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):
+                return self.json({"error": 'send JSON {"sql": "SELECT ..."}'}, status=400)
+            try:
+                result = await asyncio.to_thread(run_read_only, runtime.store, sql)
+            except QueryRefused as exc:
+                return self.json({"error": str(exc)}, status=400)
+            except StoreError as exc:
+                return self.json({"error": str(exc)}, status=422)
+            return self.bytes(
+                json.dumps({"columns": result.columns, "rows": result.rows}).encode(),
+                content_type="application/json",
+            )

@@ -1,0 +1,44 @@
+"""A small HTTP client for the worker API (used by the CLI)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from pipeline.errors import QueryRefused, StoreError
+from pipeline.settings import Settings
+
+
+def _request(url: str, settings: Settings, data: bytes | None, method: str) -> Any:
+    headers = {"Content-Type": "application/json"}
+    if settings.api_token is not None:
+        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - our own API
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        if exc.code == 400:
+            raise QueryRefused(str(message)) from None
+        raise StoreError(f"worker API {url} answered {exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise StoreError(
+            f"cannot reach the worker API at {url} ({exc}); is the worker running? "
+            "(TOKENMETER_WEB_HOST / TOKENMETER_WEB_PORT)"
+        ) from None
+
+
+def post_json(url: str, body: Any, settings: Settings) -> Any:
+    """POST JSON to the worker API and return the decoded answer."""
+    return _request(url, settings, json.dumps(body).encode(), "POST")
+
+
+def get_json(url: str, settings: Settings) -> Any:
+    """GET JSON from the worker API."""
+    return _request(url, settings, None, "GET")
