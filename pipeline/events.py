@@ -35,7 +35,9 @@ UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, strip_whitespace=True)]
 OptId = Annotated[str, StringConstraints(max_length=MAX_ID_CHARS)] | None
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
-Money = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str, when_used="json")]
+Money = Annotated[
+    Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")
+]
 
 
 class Criticality(StrEnum):

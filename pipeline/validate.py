@@ -104,6 +104,8 @@ def _reason_for(err: ValidationError) -> ValidationFailed:
     kind = first["type"]
     where = ".".join(str(p) for p in loc) or "event"
     msg = f"{where}: {first['msg']}"
+    if kind == "missing":
+        return ValidationFailed("schema", msg)
     if field == "timestamp":
         return ValidationFailed("invalid_timestamp", msg + " (RFC 3339 with offset expected)")
     if field in TOKEN_FIELDS and kind == "greater_than_equal":

@@ -77,7 +77,7 @@ def check_read_only(sql: str) -> str:
 def json_safe(value: Any) -> Any:
     """Convert a ClickHouse value into something JSON can carry without losing money."""
     if isinstance(value, Decimal):
-        return str(value)
+        return format(value, "f")
     if isinstance(value, datetime):
         return value.isoformat() if value.tzinfo else value.isoformat() + "Z"
     if isinstance(value, date | UUID):

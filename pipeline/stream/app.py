@@ -84,10 +84,10 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
             ]
             await processor.process(batch)
 
-    async def _assigned(app_: Any, *_: Any, **__: Any) -> None:
+    async def _assigned(app_: Any, *_: Any, signal: Any = None, **__: Any) -> None:
         runtime.assigned = True
 
-    app.on_partitions_assigned.connect(_assigned)
+    app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]  # mode stub too narrow
 
     from pipeline.web.api import register_views
 

@@ -1,0 +1,88 @@
+"""Shared fixtures: a real embedded broker and a real chDB store, started only on demand."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.broker import EmbeddedBroker
+from pipeline.settings import Settings, load_settings
+from pipeline.store.client import Store, open_store
+from pipeline.store.migrations import migrate
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One embedded Tansu broker for the whole session (tests use their own topics)."""
+    b = EmbeddedBroker("127.0.0.1", free_port(),
+                       log_path=tmp_path_factory.mktemp("broker") / "broker.log")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def chdb_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """The one chDB engine of this test process (chDB allows one per process)."""
+    data = tmp_path_factory.mktemp("chdb")
+    store = open_store(load_settings(data_dir=str(data)), database="default")
+    yield store
+    store.close()
+
+
+@pytest.fixture()
+def store(chdb_root: Store) -> Iterator[Store]:
+    """A fresh, migrated database on the session's chDB engine."""
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    s = Store(chdb_root.client, db)
+    s._lock = chdb_root._lock  # same engine, same serialization
+    migrate(s)
+    yield s
+    chdb_root.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+@pytest.fixture()
+def topic_prefix() -> str:
+    """A unique topic prefix so each test has its own topics."""
+    return f"t{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, broker: EmbeddedBroker, topic_prefix: str) -> Settings:
+    """Settings pointing at the session broker, a private data dir and free web port."""
+    return load_settings(
+        kafka_bootstrap=broker.bootstrap,
+        data_dir=str(tmp_path / "data"),
+        web_port=free_port(),
+        topic_prefix=topic_prefix,
+        app_id=f"tm-{topic_prefix}",
+        partitions=4,
+    )
+
+
+def subprocess_env(settings: Settings) -> dict[str, str]:
+    """Environment for a `tokenmeter` subprocess using ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    env.update({
+        "TOKENMETER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "TOKENMETER_DATA_DIR": str(settings.data_dir),
+        "TOKENMETER_WEB_PORT": str(settings.web_port),
+        "TOKENMETER_TOPIC_PREFIX": settings.topic_prefix,
+        "TOKENMETER_APP_ID": settings.app_id,
+        "TOKENMETER_PARTITIONS": str(settings.partitions),
+    })
+    return env
