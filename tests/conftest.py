@@ -48,8 +48,7 @@ def chdb_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 def store(chdb_root: Store) -> Iterator[Store]:
     """A fresh, migrated database on the session's chDB engine."""
     db = f"t_{uuid.uuid4().hex[:12]}"
-    s = Store(chdb_root.client, db)
-    s._lock = chdb_root._lock  # same engine, same serialization
+    s = chdb_root.with_database(db)
     migrate(s)
     yield s
     chdb_root.command(f"DROP DATABASE IF EXISTS {db}")

@@ -52,18 +52,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     from pipeline.stream.worker import run_worker
 
     settings = settings_from(args)
-    print(f"tokenmeter up: Kafka {settings.kafka_bootstrap} "
-          f"({'external' if args.kafka else 'embedded'}), ClickHouse {settings.dsn}, "
-          f"API {settings.web_url}", file=sys.stderr)
+    banner = (f"tokenmeter up: Kafka {settings.kafka_bootstrap} "
+              f"({'external' if args.kafka else 'embedded'}), ClickHouse {settings.dsn}, "
+              f"dashboard/API {settings.web_url}; Ctrl-C stops")
     return run_worker(settings, embedded_broker=args.kafka is None, demo=args.demo,
-                      demo_rate=args.demo_rate)
+                      demo_rate=args.demo_rate, banner=banner)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """One worker against configured Kafka and ClickHouse."""
     from pipeline.stream.worker import run_worker
 
-    return run_worker(settings_from(args))
+    settings = settings_from(args)
+    return run_worker(settings, banner=f"tokenmeter worker: API {settings.web_url}")
 
 
 def cmd_broker(args: argparse.Namespace) -> int:

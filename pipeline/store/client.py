@@ -16,11 +16,35 @@ from pipeline.settings import Settings, parse_dsn
 class Store:
     """A ClickHouse client bound to one database; thread-safe (chDB is not re-entrant)."""
 
-    def __init__(self, client: Any, database: str, lock_file: Any = None) -> None:
+    def __init__(self, client: Any, database: str, lock_file: Any = None,
+                 factory: Any = None, lock: threading.Lock | None = None) -> None:
         self.client = client
         self.database = database
-        self._lock = threading.Lock()
+        self._lock = lock or threading.Lock()
         self._lock_file = lock_file
+        self._factory = factory
+        self._readonly: Store | None = None
+
+    def with_database(self, database: str) -> Store:
+        """The same engine and lock, another default database (tests use one each)."""
+        return Store(self.client, database, factory=self._factory, lock=self._lock)
+
+    def readonly(self, limits: dict[str, Any]) -> Store:
+        """A second session on the same engine where the engine itself refuses writes.
+
+        chDB applies per-call settings with SET and cannot restore ``readonly`` afterwards,
+        so read-only queries get their own handle with ``readonly=1`` set once for good.
+        """
+        if self._readonly is None:
+            if self._factory is None:
+                raise StoreError("this store cannot open a read-only session")
+            client = self._factory()
+            for key, value in limits.items():
+                client.command(f"SET {key} = {value!r}" if isinstance(value, str)
+                               else f"SET {key} = {value}")
+            client.command("SET readonly = 1")
+            self._readonly = Store(client, self.database)
+        return self._readonly
 
     def command(self, sql: str, settings: dict[str, Any] | None = None) -> Any:
         """Run a statement that returns no rows."""
@@ -44,6 +68,9 @@ class Store:
 
     def close(self) -> None:
         """Close the client and release the data-dir lock."""
+        if self._readonly is not None:
+            self._readonly.client.close()
+            self._readonly = None
         with self._lock:
             try:
                 self.client.close()
@@ -92,14 +119,22 @@ def open_store(settings: Settings, database: str | None = None) -> Store:
             assert dsn.path is not None
             path = Path(dsn.path)
             lock = _lock_dir(path)
-            client = clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}")
+            chdb_dsn = f"chdb://{path.resolve()}"
+
+            def factory() -> Any:
+                return clickhouse_connect.get_client(dsn=chdb_dsn)
+
         else:
             extra: dict[str, Any] = {}
             if settings.clickhouse_password is not None:
                 extra["password"] = settings.clickhouse_password.get_secret_value()
-            client = clickhouse_connect.get_client(
-                dsn=dsn.raw, connect_timeout=5, send_receive_timeout=60, **extra
-            )
+
+            def factory() -> Any:
+                return clickhouse_connect.get_client(
+                    dsn=dsn.raw, connect_timeout=5, send_receive_timeout=60, **extra
+                )
+
+        client = factory()
         client.command("SELECT 1")
     except StoreError:
         raise
@@ -110,4 +145,4 @@ def open_store(settings: Settings, database: str | None = None) -> Store:
             f"cannot open ClickHouse at {dsn!r}: {str(exc).splitlines()[0][:200]}; "
             "check TOKENMETER_CLICKHOUSE_DSN or --clickhouse"
         ) from None
-    return Store(client, db, lock)
+    return Store(client, db, lock, factory=factory)

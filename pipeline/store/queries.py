@@ -13,8 +13,7 @@ from pipeline.errors import QueryRefused, StoreError
 from pipeline.store.client import Store
 
 MAX_SQL_CHARS = 100_000
-READ_ONLY_SETTINGS: dict[str, Any] = {
-    "readonly": 2,  # 2: read-only data, but per-query limits below may still be applied
+READ_ONLY_LIMITS: dict[str, Any] = {
     "max_execution_time": 30,
     "max_result_rows": 100_000,
     "result_overflow_mode": "throw",
@@ -24,7 +23,7 @@ _STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`
 _COMMENTS = re.compile(r"--[^\n]*|#[^\n]*|/\*.*?\*/", re.S)
 _FIRST = re.compile(r"^\s*\(*\s*(select|with|show|describe|desc|explain|exists)\b", re.I)
 _DENIED_WORDS = re.compile(
-    r"\b(insert|alter|drop|create|system|set|truncate|rename|optimize|kill|grant|revoke|"
+    r"\b(insert|alter|drop|create|system(?!\s*\.)|set|truncate|rename|optimize|kill|grant|revoke|"
     r"attach|detach|delete|update|exchange|move|backup|restore|settings)\b",
     re.I,
 )
@@ -96,9 +95,8 @@ def json_safe(value: Any) -> Any:
 def run_read_only(store: Store, sql: str) -> QueryResult:
     """Check and run one read-only query against ``store`` (default database set)."""
     statement = check_read_only(sql)
-    settings = dict(READ_ONLY_SETTINGS)
     try:
-        result = store.query(statement, settings=settings)
+        result = store.readonly(READ_ONLY_LIMITS).query(statement)
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StoreError(f"query failed: {message[:500]}") from None

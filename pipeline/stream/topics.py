@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from pipeline.errors import BrokerError
@@ -39,6 +40,9 @@ async def ensure_topics(settings: Settings, timeout: float = 10.0) -> list[str]:
 
     admin = AIOKafkaAdminClient(request_timeout_ms=int(timeout * 1000),
                                 **kafka_client_options(settings))
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # the BrokerError below says it once, clearly
     try:
         await asyncio.wait_for(admin.start(), timeout)
     except (KafkaError, OSError, asyncio.TimeoutError) as exc:
@@ -47,6 +51,8 @@ async def ensure_topics(settings: Settings, timeout: float = 10.0) -> list[str]:
             f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(exc).__name__}); start "
             "one with `tokenmeter broker`, or set TOKENMETER_KAFKA_BOOTSTRAP / --kafka"
         ) from None
+    finally:
+        quiet.setLevel(level)
     try:
         existing = set(await admin.list_topics())
         wanted = {

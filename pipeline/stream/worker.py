@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from contextlib import suppress
 from datetime import datetime, timezone
@@ -55,7 +56,7 @@ def _prepare_data_dir(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings, *, embedded_broker: bool = False, demo: bool = False,
-               demo_rate: float = 50.0) -> int:
+               demo_rate: float = 50.0, banner: str | None = None) -> int:
     """Run until SIGINT/SIGTERM; flushes pending rows and stops every child it started."""
     import faust
 
@@ -81,6 +82,8 @@ def run_worker(settings: Settings, *, embedded_broker: bool = False, demo: bool 
         runtime = build_app(settings, store, load_catalog(), load_policy())
         if demo:
             _add_demo_traffic(runtime.app, settings, demo_rate)
+        if banner:
+            print(banner, file=sys.stderr, flush=True)
         info = {"pid": os.getpid(), "url": settings.web_url, "started_at": time.time()}
         worker_file(settings).write_text(json.dumps(info))
         log.info("worker prepared in %.2f s", time.monotonic() - started)

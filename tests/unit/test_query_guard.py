@@ -72,5 +72,5 @@ def test_json_safe_keeps_money_exact() -> None:
     from decimal import Decimal
 
     assert json_safe(Decimal("0.000000000001")) == "0.000000000001"
-    assert json_safe(datetime(2025, 1, 1)) == "2025-01-01T00:00:00Z"
+    assert json_safe(datetime(2025, 1, 1)) == "2025-01-01T00:00:00Z"  # noqa: DTZ001 - chDB gives naive UTC
     assert json_safe({"a": [Decimal("1.5")]}) == {"a": ["1.5"]}
