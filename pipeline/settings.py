@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     sink_flush_s: float = Field(default=0.5, gt=0)
     take_max: int = Field(default=2000, ge=1)
     take_within_s: float = Field(default=0.2, gt=0)
+    grace_s: float = Field(default=3600.0, ge=0, description="late-event grace period")
+    dedup_horizon_days: float = Field(default=7.0, gt=0)
+    dedup_max_ids: int = Field(default=2_000_000, ge=1000)
     log_level: str = "WARNING"
 
     @field_validator("kafka_bootstrap")

@@ -61,10 +61,12 @@ class Store:
         """Result rows of a query."""
         return list(self.query(sql, parameters=parameters).result_rows)
 
-    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str],
+               settings: dict[str, Any] | None = None) -> None:
         """Insert rows into ``database.table``."""
         with self._lock:
-            self.client.insert(table, rows, column_names=list(columns), database=self.database)
+            self.client.insert(table, rows, column_names=list(columns), database=self.database,
+                               settings=settings)
 
     def close(self) -> None:
         """Close the client and release the data-dir lock."""

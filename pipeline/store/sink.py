@@ -63,12 +63,17 @@ class Sink:
         self.failures = 0
         self.healthy = True
 
-    async def write(self, usage: Sequence[Sequence[Any]], dlq: Sequence[Sequence[Any]]) -> None:
-        """Write both batches; returns only once they are in ClickHouse."""
+    async def write(self, usage: Sequence[Sequence[Any]], dlq: Sequence[Sequence[Any]],
+                    token: str | None = None) -> None:
+        """Write both batches; returns only once they are in ClickHouse.
+
+        ``token`` names the batch: a retry after an insert that did land (timeout after
+        commit) is dropped by ClickHouse instead of counted twice in the rollups.
+        """
         delay = 0.1
         while True:
             try:
-                await asyncio.to_thread(self._write_sync, usage, dlq)
+                await asyncio.to_thread(self._write_sync, usage, dlq, token)
                 self.healthy = True
                 self.rows_written += len(usage)
                 return
@@ -80,8 +85,11 @@ class Sink:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.max_backoff_s)
 
-    def _write_sync(self, usage: Sequence[Sequence[Any]], dlq: Sequence[Sequence[Any]]) -> None:
+    def _write_sync(self, usage: Sequence[Sequence[Any]], dlq: Sequence[Sequence[Any]],
+                    token: str | None) -> None:
+        settings = {"insert_deduplication_token": token,
+                    "deduplicate_blocks_in_dependent_materialized_views": 1} if token else None
         if usage:
-            self.store.insert("usage_events", usage, USAGE_COLUMNS)
+            self.store.insert("usage_events", usage, USAGE_COLUMNS, settings=settings)
         if dlq:
             self.store.insert("dlq_events", dlq, DLQ_COLUMNS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -14,6 +15,7 @@ from pipeline.scoring import ValuePolicy
 from pipeline.settings import TOPIC_DLQ, TOPIC_EVENTS, Settings
 from pipeline.store.client import Store
 from pipeline.store.sink import Sink
+from pipeline.stream.live import LiveState
 from pipeline.stream.processor import Processor, RawMessage
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ class Runtime:
     processor: Processor
     app: Any = None
     assigned: bool = False
+    events_topic: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -72,8 +75,13 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
         await dlq_topic.send(key=key.encode() if key else None, value=value)
 
     sink = Sink(store)
-    processor = Processor(Meter(catalog, policy), sink, publish_dlq)
-    runtime = Runtime(settings=settings, store=store, processor=processor, app=app)
+    live = LiveState(grace=timedelta(seconds=settings.grace_s),
+                     horizon=timedelta(days=settings.dedup_horizon_days),
+                     max_ids=settings.dedup_max_ids)
+    processor = Processor(Meter(catalog, policy), sink, store, live, publish_dlq,
+                          grace=timedelta(seconds=settings.grace_s))
+    runtime = Runtime(settings=settings, store=store, processor=processor, app=app,
+                      events_topic=events_topic)
 
     @app.agent(events_topic, name="meter")
     async def meter(stream: Any) -> None:
@@ -84,12 +92,18 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
             ]
             await processor.process(batch)
 
-    async def _assigned(app_: Any, *_: Any, signal: Any = None, **__: Any) -> None:
+    async def _assigned(app_: Any, assigned: Any = (), **_: Any) -> None:
+        mine = {tp.partition for tp in assigned if tp.topic == events_topic.get_topic_name()}
+        held = set(live.partitions)
+        live.revoke(held - mine)
+        if mine - held:
+            await processor.rebuild(mine - held)
         runtime.assigned = True
 
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]  # mode stub too narrow
 
-    from pipeline.web.api import register_views
+    from pipeline.web.api import register_spend_view, register_views
 
     register_views(app, runtime)
+    register_spend_view(app, runtime)
     return runtime

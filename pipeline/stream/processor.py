@@ -1,16 +1,27 @@
-"""The metering step the agent calls: raw messages in, durable effects out."""
+"""The metering step the agent calls: raw messages in, durable effects out.
+
+Order per batch: meter (validate, count, price, score) -> dedup -> classify late ->
+write to ClickHouse (retrying until durable) -> update live state -> publish dead letters.
+Only then does the agent return, so offsets are never committed ahead of the ledger.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from pipeline.events import DeadLetter, PricedUsage
 from pipeline.meter import Meter, Source
+from pipeline.spend import is_late
+from pipeline.store import state as ledger
+from pipeline.store.client import Store
 from pipeline.store.sink import Sink, dlq_row, usage_row
+from pipeline.stream.live import LiveState, PartitionState
 
 log = logging.getLogger(__name__)
 
@@ -34,41 +45,107 @@ class Metrics:
     def __init__(self) -> None:
         self.messages = 0
         self.events = 0
+        self.duplicates = 0
+        self.late = 0
         self.dead = Counter[str]()
         self.batches = 0
 
 
-class Processor:
-    """Meters a batch, writes it to ClickHouse, publishes dead letters; then it may be acked."""
+def utc_now() -> datetime:
+    """Wall-clock time in UTC (the default clock of the shell)."""
+    return datetime.now(timezone.utc)
 
-    def __init__(self, meter: Meter, sink: Sink, publish_dlq: Publish,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+
+class Processor:
+    """Meters a batch, writes it to ClickHouse, updates live state, publishes dead letters."""
+
+    def __init__(self, meter: Meter, sink: Sink, store: Store, live: LiveState,
+                 publish_dlq: Publish, *, grace: timedelta = timedelta(hours=1),
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.meter = meter
         self.sink = sink
+        self.store = store
+        self.live = live
         self.publish_dlq = publish_dlq
+        self.grace = grace
         self.clock = clock
         self.metrics = Metrics()
+        self.lock = asyncio.Lock()  # rebuilds and batches never interleave
 
     async def process(self, batch: Sequence[RawMessage]) -> None:
         """Handle one batch end to end; returns once its effects are durable."""
-        now = self.clock()
-        usage: list[list[Any]] = []
-        dlq: list[list[Any]] = []
-        dead_out = []
-        for msg in batch:
-            source = Source(msg.topic, msg.partition, msg.offset)
-            metered = self.meter.meter_message(msg.value or b"", now=now, source=source)
-            for p in metered.priced:
-                usage.append(usage_row(p, late=False, partition=msg.partition,
-                                       offset=msg.offset, ingested_at=now))
-            for i, d in enumerate(metered.dead):
-                dlq.append(dlq_row(d, i))
-                dead_out.append(d)
-                self.metrics.dead[d.reason_code] += 1
-            self.metrics.events += len(metered.priced)
-        await self.sink.write(usage, dlq)
-        for d in dead_out:
-            await self.publish_dlq(d.tenant_id, d.model_dump_json().encode())
-        self.metrics.messages += len(batch)
-        self.metrics.batches += 1
+        async with self.lock:
+            await self._process(batch)
 
+    async def _process(self, batch: Sequence[RawMessage]) -> None:
+        now = self.clock()
+        candidates: list[tuple[RawMessage, PricedUsage]] = []
+        dead: list[DeadLetter] = []
+        dlq_rows: list[list[Any]] = []
+        for msg in batch:
+            metered = self.meter.meter_message(
+                msg.value or b"", now=now, source=Source(msg.topic, msg.partition, msg.offset))
+            candidates.extend((msg, p) for p in metered.priced)
+            for i, d in enumerate(metered.dead):
+                dlq_rows.append(dlq_row(d, i))
+                dead.append(d)
+        fresh = await self._dedup(candidates)
+        rows: list[list[Any]] = []
+        effects: list[tuple[PartitionState, PricedUsage, bool]] = []
+        for msg, p in fresh:
+            st = self.live.get(msg.partition)
+            late = is_late(p.timestamp, st.watermark, self.grace)
+            if not late and (st.watermark is None or p.timestamp > st.watermark):
+                st.watermark = p.timestamp
+            rows.append(usage_row(p, late=late, partition=msg.partition, offset=msg.offset,
+                                  ingested_at=now))
+            effects.append((st, p, late))
+        token = "|".join(f"{m.topic}:{m.partition}:{m.offset}" for m in batch[:1] + batch[-1:])
+        await self.sink.write(rows, dlq_rows, token=f"{token}|{len(batch)}")
+        for st, p, late in effects:
+            st.dedup.add(p.event_id, p.timestamp)
+            if late:
+                self.metrics.late += 1
+            else:
+                st.add(p.tenant_id, p.timestamp, p.total_cost, p.saved_cost,
+                       (p.input_tokens, p.cache_read_input_tokens,
+                        p.cache_creation_input_tokens, p.output_tokens,
+                        p.reasoning_output_tokens), p.value_units)
+        for st in {id(s): s for s, _, _ in effects}.values():
+            st.expire(self.grace)
+        for d in dead:
+            self.metrics.dead[d.reason_code] += 1
+            await self.publish_dlq(d.tenant_id, d.model_dump_json().encode())
+        m = self.metrics
+        m.messages += len(batch)
+        m.events += len(fresh)
+        m.duplicates += len(candidates) - len(fresh)
+        m.batches += 1
+
+    async def _dedup(self, candidates: list[tuple[RawMessage, PricedUsage]]
+                     ) -> list[tuple[RawMessage, PricedUsage]]:
+        fresh: list[tuple[RawMessage, PricedUsage]] = []
+        unknown: list[tuple[RawMessage, PricedUsage]] = []
+        in_batch: set[tuple[int, str]] = set()
+        for msg, p in candidates:
+            key = (msg.partition, p.event_id)
+            if key in in_batch:
+                continue
+            in_batch.add(key)
+            dedup = self.live.get(msg.partition).dedup
+            if dedup.covers(p.timestamp):
+                if p.event_id not in dedup:
+                    fresh.append((msg, p))
+            else:
+                unknown.append((msg, p))
+        if unknown:
+            # older than what memory covers: the ledger decides
+            stored = await asyncio.to_thread(
+                ledger.existing_ids, self.store, [(p.tenant_id, p.event_id) for _, p in unknown])
+            fresh.extend(x for x in unknown if (x[1].tenant_id, x[1].event_id) not in stored)
+        return fresh
+
+    async def rebuild(self, partitions: set[int]) -> None:
+        """Rebuild live state of newly assigned partitions from the ledger."""
+        async with self.lock:
+            await asyncio.to_thread(self.live.rebuild, self.store, partitions, self.clock())

@@ -71,3 +71,33 @@ def register_views(app: Any, runtime: Any) -> None:
                 json.dumps({"columns": result.columns, "rows": result.rows}).encode(),
                 content_type="application/json",
             )
+
+
+def register_spend_view(app: Any, runtime: Any) -> None:
+    """GET /api/tenants/{tenant_id}/spend, routed to the worker owning the tenant's partition."""
+    from datetime import datetime, timezone
+
+    from pipeline.spend import WINDOWS, SpendTotals, window_bounds
+
+    @app.page("/api/tenants/{tenant_id}/spend")
+    class Spend(View):
+        @app.topic_route(runtime.events_topic, match_info="tenant_id")  # type: ignore[untyped-decorator]
+        async def get(self, request: Request, tenant_id: str) -> Response:
+            kind = request.query.get("window", "hour")
+            if kind not in WINDOWS:
+                return self.json({"error": "window must be hour or day"}, status=400)
+            at_text = request.query.get("at")
+            try:
+                at = (datetime.fromisoformat(at_text.replace("Z", "+00:00")) if at_text
+                      else datetime.now(timezone.utc))
+            except ValueError:
+                return self.json({"error": "at must be an RFC 3339 time"}, status=400)
+            if at.tzinfo is None:
+                return self.json({"error": "at needs a UTC offset"}, status=400)
+            start, end = window_bounds(kind, at)
+            totals = runtime.processor.live.window(tenant_id, kind, at) or SpendTotals()
+            return self.json({
+                "tenant_id": tenant_id, "window": kind,
+                "window_start": start.isoformat(), "window_end": end.isoformat(),
+                **totals.as_json(),
+            })

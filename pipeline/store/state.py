@@ -1,0 +1,69 @@
+"""Ledger reads that rebuild a worker's live state (dedup ids, windows, watermarks)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from pipeline.store.client import Store
+
+_SUMS = (
+    "sum(total_cost), sum(saved_cost), sum(input_tokens), sum(cache_read_input_tokens), "
+    "sum(cache_creation_input_tokens), sum(output_tokens), sum(reasoning_output_tokens), "
+    "sum(value_units), count()"
+)
+
+
+def _in(values: Iterable[int]) -> str:
+    return "(" + ",".join(str(int(v)) for v in values) + ")"
+
+
+def watermarks(store: Store, partitions: Iterable[int]) -> dict[int, datetime]:
+    """Latest on-time event time stored per source partition."""
+    rows = store.rows(
+        f"SELECT source_partition, max(timestamp) FROM {store.database}.usage_events "
+        f"WHERE source_partition IN {_in(partitions)} AND NOT late GROUP BY source_partition"
+    )
+    return {int(p): ts for p, ts in rows}
+
+
+def recent_ids(store: Store, partition: int, since: datetime,
+               limit: int) -> list[tuple[str, datetime]]:
+    """(event_id, timestamp) stored for a partition since ``since``, newest first."""
+    return [
+        (eid, ts) for eid, ts in store.rows(
+            f"SELECT event_id, timestamp FROM {store.database}.usage_events "
+            f"WHERE source_partition = {int(partition)} AND timestamp >= %(since)s "
+            f"ORDER BY timestamp DESC LIMIT {int(limit)}",
+            parameters={"since": since},
+        )
+    ]
+
+
+def window_sums(store: Store, partition: int, kind: str,
+                since: datetime) -> list[tuple[Any, ...]]:
+    """(tenant_id, window_start, sums...) of on-time events per window since ``since``."""
+    fn = "toStartOfHour" if kind == "hour" else "toStartOfDay"
+    return store.rows(
+        f"SELECT tenant_id, {fn}(timestamp) AS w, {_SUMS} "
+        f"FROM {store.database}.usage_events FINAL "
+        f"WHERE source_partition = {int(partition)} AND NOT late AND timestamp >= %(since)s "
+        "GROUP BY tenant_id, w",
+        parameters={"since": since},
+    )
+
+
+def existing_ids(store: Store, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (tenant_id, event_id) pairs are already in the ledger."""
+    pairs = list(pairs)
+    if not pairs:
+        return set()
+    tenants = sorted({t for t, _ in pairs})
+    ids = sorted({e for _, e in pairs})
+    rows = store.rows(
+        f"SELECT DISTINCT tenant_id, event_id FROM {store.database}.usage_events "
+        "WHERE tenant_id IN %(tenants)s AND event_id IN %(ids)s",
+        parameters={"tenants": tenants, "ids": ids},
+    )
+    return {(t, e) for t, e in rows}

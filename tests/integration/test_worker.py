@@ -1,0 +1,191 @@
+"""A real `tokenmeter worker` process on the real embedded broker and its own chDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from pipeline.catalog import load_catalog
+from pipeline.meter import Meter
+from pipeline.scoring import load_policy
+from pipeline.settings import Settings
+from pipeline.simulate import Simulator
+from pipeline.stream.topics import ensure_topics
+from tests.conftest import subprocess_env
+
+pytestmark = pytest.mark.integration
+METER = Meter(load_catalog(), load_policy())
+
+
+def start_worker(settings: Settings) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"],
+                            env=subprocess_env(settings), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def get(settings: Settings, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"{settings.web_url}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+    except OSError:
+        return 0, {}
+
+
+def query(settings: Settings, sql: str) -> list[list]:
+    req = urllib.request.Request(f"{settings.web_url}/api/query",
+                                 data=json.dumps({"sql": sql}).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["rows"]
+
+
+def wait_ready(settings: Settings, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if get(settings, "/health")[0] == 200:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read())
+        time.sleep(0.1)
+    raise AssertionError("worker not ready")
+
+
+async def produce(settings: Settings, messages: list[tuple[bytes, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    await ensure_topics(settings)
+    p = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    await p.start()
+    try:
+        for k, v in messages:
+            await p.send(settings.topic("usage-events"), v, key=k)
+        await p.flush()
+    finally:
+        await p.stop()
+
+
+async def read_dlq(settings: Settings, n: int) -> list[dict]:
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(settings.topic("usage-events-dlq"), bootstrap_servers=settings.kafka_bootstrap,
+                         auto_offset_reset="earliest", group_id=None)
+    await c.start()
+    out: list[dict] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(out) < n and time.monotonic() < deadline:
+            for msgs in (await c.getmany(timeout_ms=500)).values():
+                out += [json.loads(m.value) for m in msgs]
+    finally:
+        await c.stop()
+    return out
+
+
+def wait_events(settings: Settings, n: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    got = -1
+    while time.monotonic() < deadline:
+        got = int(query(settings, "SELECT count() FROM tokenmeter.usage_events FINAL")[0][0])
+        if got >= n:
+            return got
+        time.sleep(0.3)
+    return got
+
+
+def make_traffic(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    sim = Simulator(tenants=8, seed=seed)
+    now = datetime.now(timezone.utc)
+    return [sim.event(now - timedelta(seconds=rng.randint(0, 1200))) for _ in range(n)]
+
+
+def as_messages(events: list[dict], seed: int) -> list[tuple[bytes, bytes]]:
+    """Every event twice, shuffled; chunks of 1-30 sent as single events or envelopes."""
+    rng = random.Random(seed)
+    stream = events + events
+    rng.shuffle(stream)
+    out = []
+    i = 0
+    while i < len(stream):
+        chunk = stream[i:i + rng.randint(1, 30)]
+        i += len(chunk)
+        by_tenant: dict[str, list[dict]] = defaultdict(list)
+        for e in chunk:
+            by_tenant[e["tenant_id"]].append(e)
+        for tenant, group in by_tenant.items():
+            value = group[0] if len(group) == 1 else group
+            out.append((tenant.encode(), json.dumps(value).encode()))
+    return out
+
+
+def truth(events: list[dict]) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = defaultdict(Decimal)
+    now = datetime.now(timezone.utc)
+    for e in events:
+        out[e["tenant_id"]] += METER.meter_object(e, now=now).total_cost
+    return dict(out)
+
+
+def hour_truth(events: list[dict], tenant: str) -> tuple[Decimal, int]:
+    now = datetime.now(timezone.utc)
+    start = now.replace(minute=0, second=0, microsecond=0)
+    cost, n = Decimal(0), 0
+    for e in events:
+        p = METER.meter_object(e, now=now)
+        if p.tenant_id == tenant and start <= p.timestamp < start + timedelta(hours=1):
+            cost += p.total_cost
+            n += 1
+    return cost, n
+
+
+def test_worker_meters_exactly_and_survives_sigkill(settings: Settings) -> None:
+    events = make_traffic(1500, seed=11)
+    msgs = as_messages(events, seed=12)
+    bad = [(b"x", b"{nope"), (b"x", json.dumps({"event_id": "u", "timestamp": "2025-01-01T00:00:00Z",
+                                                  "tenant_id": "tenant-00001", "provider": "z",
+                                                  "model": "zzz", "input_tokens": 1,
+                                                  "output_tokens": 1}).encode())]
+    half = len(msgs) // 2
+    proc = start_worker(settings)
+    try:
+        wait_ready(settings, proc)
+        asyncio.run(produce(settings, msgs[:half] + bad))
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)  # crash mid-stream
+        proc.wait()
+        proc = start_worker(settings)
+        wait_ready(settings, proc)
+        asyncio.run(produce(settings, msgs[half:]))
+        assert wait_events(settings, len(events)) == len(events)
+        time.sleep(1.0)  # anything extra (a double count) would show up now
+        rows = query(settings, "SELECT tenant_id, sum(total_cost), count() FROM tokenmeter.usage_events FINAL GROUP BY tenant_id")
+        got = {t: Decimal(c) for t, c, _ in rows}
+        assert got == truth(events)
+        raw = query(settings, "SELECT count() FROM tokenmeter.usage_events")[0][0]
+        assert int(raw) == len(events), "a duplicate row reached the ledger"
+        # live spend for the current hour, per tenant, equals the ground truth
+        for tenant in sorted(got)[:4]:
+            status, body = get(settings, f"/api/tenants/{tenant}/spend?window=hour")
+            assert status == 200
+            cost, n = hour_truth(events, tenant)
+            assert (Decimal(body["total_cost"]), body["events"]) == (cost, n), tenant
+            assert body["window_end"] > body["window_start"]
+        dlq = asyncio.run(read_dlq(settings, 2))
+        assert {d["reason_code"] for d in dlq} == {"invalid_json", "unknown_model"}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
