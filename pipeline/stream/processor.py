@@ -100,8 +100,10 @@ class Processor:
             rows.append(usage_row(p, late=late, partition=msg.partition, offset=msg.offset,
                                   ingested_at=now))
             effects.append((st, p, late))
-        token = "|".join(f"{m.topic}:{m.partition}:{m.offset}" for m in batch[:1] + batch[-1:])
-        await self.sink.write(rows, dlq_rows, token=f"{token}|{len(batch)}")
+        first, last = batch[0], batch[-1]
+        token = (f"{first.topic}:{first.partition}:{first.offset}|"
+                 f"{last.partition}:{last.offset}|{len(batch)}")
+        await self.sink.write(rows, dlq_rows, token=token)
         for st, p, late in effects:
             st.dedup.add(p.event_id, p.timestamp)
             if late:
