@@ -8,6 +8,7 @@ Only then does the agent return, so offsets are never committed ahead of the led
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -78,6 +79,8 @@ class Processor:
             await self._process(batch)
 
     async def _process(self, batch: Sequence[RawMessage]) -> None:
+        if not batch:
+            return
         now = self.clock()
         candidates: list[tuple[RawMessage, PricedUsage]] = []
         dead: list[DeadLetter] = []
@@ -100,10 +103,11 @@ class Processor:
             rows.append(usage_row(p, late=late, partition=msg.partition, offset=msg.offset,
                                   ingested_at=now))
             effects.append((st, p, late))
-        first, last = batch[0], batch[-1]
-        token = (f"{first.topic}:{first.partition}:{first.offset}|"
-                 f"{last.partition}:{last.offset}|{len(batch)}")
-        await self.sink.write(rows, dlq_rows, token=token)
+        # the token names exactly this set of rows: a retry of the same insert is dropped by
+        # ClickHouse, while different rows (even at reused offsets) never share a token
+        token = hashlib.blake2b("|".join(p.event_id for _, p in fresh).encode(),
+                                digest_size=16).hexdigest()
+        await self.sink.write(rows, dlq_rows, token=token if rows else None)
         for st, p, late in effects:
             st.dedup.add(p.event_id, p.timestamp)
             if late:
