@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from enum import StrEnum
@@ -15,6 +16,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    TypeAdapter,
 )
 
 # Limits (documented in README "Input limits"); over them is reason_code too_large.
@@ -25,6 +27,8 @@ MAX_TEXT_CHARS = 512 * 1024
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_CHARS = 1024
 MAX_TOKENS = 100_000_000  # no model has a context anywhere near this per call
+ZERO = Decimal(0)
+ONE = Decimal(1)
 
 
 def _utc(value: datetime) -> datetime:
@@ -89,42 +93,43 @@ class UsageEvent(BaseModel):
     cache_hit: bool = False
 
 
-class CostLines(BaseModel):
+@dataclass(frozen=True, slots=True)
+class CostLines:
     """What one call cost, line by line (Decimal, in the catalog currency)."""
 
-    model_config = ConfigDict(frozen=True)
-
-    input_cost: Money = Decimal(0)
-    cache_read_cost: Money = Decimal(0)
-    cache_write_cost: Money = Decimal(0)
-    output_cost: Money = Decimal(0)
-    reasoning_cost: Money = Decimal(0)
-    total_cost: Money = Decimal(0)
-    saved_cost: Money = Decimal(0)
+    input_cost: Money = ZERO
+    cache_read_cost: Money = ZERO
+    cache_write_cost: Money = ZERO
+    output_cost: Money = ZERO
+    reasoning_cost: Money = ZERO
+    total_cost: Money = ZERO
+    saved_cost: Money = ZERO
     currency: str = "USD"
     price_version: str = ""
     priced_model: str = ""
 
 
-class PricedUsage(BaseModel):
+# A plain slotted dataclass, not a BaseModel: one is built per event on the hot path, and
+# pydantic construction cost more than pricing itself. JSON and its schema go through
+# PRICED_ADAPTER (a pydantic TypeAdapter), so the contract stays generated from this class.
+@dataclass(slots=True)
+class PricedUsage:
     """A validated, counted, priced and value-scored event (text fields dropped)."""
-
-    model_config = ConfigDict(frozen=True)
 
     event_id: str
     timestamp: datetime
     tenant_id: str
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
     project_id: str | None = None
     user_id: str | None = None
     feature: str | None = None
     trace_id: str | None = None
-    attributes: dict[str, str] = Field(default_factory=dict)
-    provider: str
-    model: str
-    input_tokens: int
+    attributes: dict[str, str] = field(default_factory=dict)
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
-    output_tokens: int
     reasoning_output_tokens: int = 0
     task_type: str | None = None
     criticality: Criticality = Criticality.normal
@@ -132,24 +137,33 @@ class PricedUsage(BaseModel):
     service_tier: ServiceTier = ServiceTier.standard
     cache_hit: bool = False
     token_source: str = "provided"  # noqa: S105 - not a secret
-    input_cost: Money = Decimal(0)
-    cache_read_cost: Money = Decimal(0)
-    cache_write_cost: Money = Decimal(0)
-    output_cost: Money = Decimal(0)
-    reasoning_cost: Money = Decimal(0)
-    total_cost: Money = Decimal(0)
-    saved_cost: Money = Decimal(0)
+    input_cost: Money = ZERO
+    cache_read_cost: Money = ZERO
+    cache_write_cost: Money = ZERO
+    output_cost: Money = ZERO
+    reasoning_cost: Money = ZERO
+    total_cost: Money = ZERO
+    saved_cost: Money = ZERO
     currency: str = "USD"
     price_version: str = ""
     priced_model: str = ""
-    value_weight: Money = Decimal(1)
-    value_units: Money = Decimal(0)
+    value_weight: Money = ONE
+    value_units: Money = ZERO
     value_tier: str = "standard"
 
     @property
     def total_tokens(self) -> int:
         """Input plus output tokens (cached and reasoning are inside those)."""
         return self.input_tokens + self.output_tokens
+
+
+PRICED_ADAPTER: TypeAdapter[PricedUsage] = TypeAdapter(PricedUsage)
+COST_ADAPTER: TypeAdapter[CostLines] = TypeAdapter(CostLines)
+
+
+def priced_json(p: PricedUsage) -> bytes:
+    """PricedUsage as JSON (money as decimal strings)."""
+    return PRICED_ADAPTER.dump_json(p)
 
 
 class DeadLetter(BaseModel):

@@ -85,17 +85,23 @@ class Meter:
             event.criticality.value,
             event.user_tier,
         )
-        data = event.model_dump(exclude={"input_text", "output_text"})
-        data.update(lines.model_dump())
-        data.update(
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            token_source=source,
-            value_weight=weight,
-            value_units=units,
-            value_tier=tier,
+        return PricedUsage(
+            event_id=event.event_id, timestamp=event.timestamp, tenant_id=event.tenant_id,
+            provider=event.provider, model=event.model, input_tokens=input_tokens,
+            output_tokens=output_tokens, project_id=event.project_id, user_id=event.user_id,
+            feature=event.feature, trace_id=event.trace_id, attributes=event.attributes,
+            cache_read_input_tokens=event.cache_read_input_tokens,
+            cache_creation_input_tokens=event.cache_creation_input_tokens,
+            reasoning_output_tokens=event.reasoning_output_tokens, task_type=event.task_type,
+            criticality=event.criticality, user_tier=event.user_tier,
+            service_tier=event.service_tier, cache_hit=event.cache_hit, token_source=source,
+            input_cost=lines.input_cost, cache_read_cost=lines.cache_read_cost,
+            cache_write_cost=lines.cache_write_cost, output_cost=lines.output_cost,
+            reasoning_cost=lines.reasoning_cost, total_cost=lines.total_cost,
+            saved_cost=lines.saved_cost, currency=lines.currency,
+            price_version=lines.price_version, priced_model=lines.priced_model,
+            value_weight=weight, value_units=units, value_tier=tier,
         )
-        return PricedUsage.model_construct(**data)
 
     def meter_object(self, obj: object, *, now: datetime) -> PricedUsage:
         """Validate then price one decoded object; raises ValidationFailed with a reason."""

@@ -8,18 +8,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import TypeAdapter
 
 from pipeline.events import DeadLetter, PricedUsage, UsageEvent
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def message_models() -> dict[str, type[BaseModel]]:
-    """Schema file stem -> model, for every message on a topic."""
-    models: dict[str, type[BaseModel]] = {
+def message_models() -> dict[str, Any]:
+    """Schema file stem -> model (BaseModel or dataclass), for every message on a topic."""
+    models: dict[str, Any] = {
         "usage_event": UsageEvent,
         "priced_usage": PricedUsage,
         "dead_letter": DeadLetter,
@@ -33,9 +33,9 @@ def message_models() -> dict[str, type[BaseModel]]:
     return models
 
 
-def render(model: type[BaseModel], mode: str) -> str:
+def render(model: Any, mode: Literal["validation", "serialization"]) -> str:
     """The schema of one model as stable, pretty JSON text."""
-    schema: dict[str, Any] = {"$schema": DRAFT, **model.model_json_schema(mode=mode)}  # type: ignore[arg-type]
+    schema: dict[str, Any] = {"$schema": DRAFT, **TypeAdapter(model).json_schema(mode=mode)}
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
@@ -43,7 +43,8 @@ def expected_files() -> dict[str, str]:
     """File name -> content that schemas/ should hold."""
     out = {}
     for stem, model in message_models().items():
-        mode = "validation" if stem in ("usage_event", "budget") else "serialization"
+        mode: Literal["validation", "serialization"] = (
+            "validation" if stem in ("usage_event", "budget") else "serialization")
         out[f"{stem}.schema.json"] = render(model, mode)
     return out
 

@@ -87,7 +87,10 @@ def decode_message(raw: bytes | str) -> list[Any] | Rejected:
 
 
 def _apply_aliases(obj: dict[str, Any]) -> dict[str, Any]:
-    if not any(k.startswith("gen_ai.") for k in obj):
+    for alias in OTEL_ALIASES:
+        if alias in obj:
+            break
+    else:
         return obj
     out = dict(obj)
     for alias, name in OTEL_ALIASES.items():

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.catalog import Catalog, ModelPrice, from_litellm, load_catalog_with_overlays
 from pipeline.errors import ConfigError, ValidationFailed
+from pipeline.events import COST_ADAPTER, priced_json
 from pipeline.meter import Meter
 from pipeline.pricing import TokenCounts, cost_lines
 from pipeline.settings import Settings
@@ -54,7 +55,7 @@ def price_one(args: argparse.Namespace, now: datetime) -> int:
     lines = cost_lines(counts, model, version, currency=catalog.currency,
                        service_tier=args.service_tier)
     out = {"model": args.model, "priced_model": model.model, "provider": model.provider,
-           "at": at.isoformat(), **lines.model_dump(mode="json")}
+           "at": at.isoformat(), **COST_ADAPTER.dump_python(lines, mode="json")}
     if args.json:
         print(json.dumps(out))
     else:
@@ -74,7 +75,7 @@ def price_events(meter: Meter, lines: Iterable[tuple[int, str]], now: datetime) 
             print(f"line {n}: {code}: {exc}", file=sys.stderr)
             bad += 1
             continue
-        sys.stdout.write(priced.model_dump_json() + "\n")
+        sys.stdout.write(priced_json(priced).decode() + "\n")
     return 1 if bad else 0
 
 

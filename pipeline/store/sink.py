@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -60,6 +61,7 @@ class Sink:
         self.store = store
         self.max_backoff_s = max_backoff_s
         self.rows_written = 0
+        self.seconds = 0.0  # time spent in successful inserts (for /metrics and benchmarks)
         self.failures = 0
         self.healthy = True
 
@@ -73,7 +75,9 @@ class Sink:
         delay = 0.1
         while True:
             try:
+                started = time.perf_counter()
                 await asyncio.to_thread(self._write_sync, usage, dlq, token)
+                self.seconds += time.perf_counter() - started
                 self.healthy = True
                 self.rows_written += len(usage)
                 return

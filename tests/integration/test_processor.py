@@ -23,6 +23,7 @@ from pipeline.stream.processor import Processor, RawMessage
 
 pytestmark = pytest.mark.integration
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
+HOUR = NOW.replace(minute=0, second=0)  # recent traffic: the previous and the current hour
 METER = Meter(load_catalog(), load_policy())
 
 
@@ -37,19 +38,25 @@ def make_processor(store: Store, max_ids: int = 100_000) -> tuple[Processor, lis
 
 
 def traffic(seed: int = 1, n: int = 600) -> tuple[list[dict], list[dict]]:
-    """Recent on-time events (last 90 min) and a few old (late) ones, with ground truth."""
+    """On-time events (previous and current hour) and a few old (late) ones."""
     rng = random.Random(seed)
     sim = Simulator(tenants=6, seed=seed, text_share=0.05)
-    recent = [sim.event(NOW - timedelta(seconds=rng.randint(0, 5400))) for _ in range(n)]
+    # both hour windows stay open: the previous one closes at HOUR + grace (1 h), after
+    # every timestamp here, whatever the wall-clock minute is when the test runs
+    recent = [sim.event(HOUR + timedelta(seconds=rng.randint(-3600, 3599))) for _ in range(n)]
     old = [sim.event(NOW - timedelta(days=3, seconds=rng.randint(0, 3600))) for _ in range(20)]
     return recent, old
 
 
-def messages(events: list[dict], partitions: int = 4) -> list[RawMessage]:
+def partition_of(e: dict, partitions: int = 4) -> int:
+    return int(e["tenant_id"].rsplit("-", 1)[-1]) % partitions
+
+
+def messages(events: list[dict]) -> list[RawMessage]:
     out = []
     offsets: Counter[int] = Counter()
     for e in events:
-        p = hash(e["tenant_id"]) % partitions
+        p = partition_of(e)
         out.append(RawMessage(json.dumps(e).encode(), "usage-events", p, offsets[p]))
         offsets[p] += 1
     return out
@@ -92,9 +99,11 @@ def test_exact_under_duplicates_shuffle_late_and_bad_input(store: Store) -> None
 
     recent, old = traffic()
     proc, published = make_processor(store)
-    # one on-time event first, so the watermark exists before old events arrive
-    stream = [recent[0]] + recent + old + recent + old  # every event twice
-    random.Random(2).shuffle(stream[1:])
+    # one on-time event per partition first, so watermarks exist before old events arrive
+    leaders = list({partition_of(e): e for e in recent}.values())
+    rest = recent + old + recent + old  # every event twice
+    random.Random(2).shuffle(rest)
+    stream = [*leaders, *rest]
     msgs = messages(stream)
     bad = [RawMessage(b, "usage-events", 0, 10_000 + i) for i, b in enumerate(BAD)]
     msgs[len(msgs) // 2:len(msgs) // 2] = bad
@@ -105,6 +114,7 @@ def test_exact_under_duplicates_shuffle_late_and_bad_input(store: Store) -> None
     m = proc.metrics
     assert m.events == len(recent) + len(old)
     assert m.duplicates == len(stream) - len(recent) - len(old)
+    assert len(leaders) == 4
     late = store.rows(f"SELECT count() FROM {store.database}.usage_events FINAL WHERE late")
     assert late == [(len(old),)]
     assert m.late == len(old)
@@ -138,8 +148,8 @@ def test_exact_under_duplicates_shuffle_late_and_bad_input(store: Store) -> None
     asyncio.run(proc2.rebuild({0, 1, 2, 3}))
     for kind in ("hour",):
         for tenant in expected:
-            a = proc.live.window(tenant, kind, NOW)
-            b = proc2.live.window(tenant, kind, NOW)
+            a = proc.live.window(tenant, kind, HOUR)
+            b = proc2.live.window(tenant, kind, HOUR)
             assert (a.cost if a else None) == (b.cost if b else None)
     asyncio.run(run(proc2, msgs))
     assert proc2.metrics.events == 0
