@@ -78,6 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True)
     sp.add_argument("text", nargs="?", default="-", help="text, or - for stdin")
 
+    sp = cmd("budget", c.cmd_budget, "set, list or delete budgets")
+    sp.add_argument("action", choices=["set", "list", "delete"])
+    sp.add_argument("id", nargs="?", help="budget id (set, delete)")
+    sp.add_argument("--tenant")
+    sp.add_argument("--limit")
+    sp.add_argument("--period", default="month",
+                    choices=["hour", "day", "week", "month", "quarter"])
+    sp.add_argument("--metric", default="cost", choices=["cost", "tokens", "value_units"])
+    sp.add_argument("--thresholds", help="percent list, default 50,80,100")
+    sp.add_argument("--mode", default="soft", choices=["soft", "hard"])
+    sp.add_argument("--timezone", default="UTC")
+    sp.add_argument("--scope", nargs="*", metavar="KEY=VALUE",
+                    help="project_id, user_id, feature, model, task_type")
+    sp.add_argument("--pool", nargs="*", metavar="TIER=SHARE", help="e.g. critical=0.5 low=0.15")
+    sp.add_argument("--forecast-probability", type=float)
+    sp.add_argument("--no-forecast", action="store_true")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("breaches", c.cmd_breaches, "show budget breaches as they arrive")
+    sp.add_argument("--follow", action="store_true")
+    sp.add_argument("--json", action="store_true")
+
     sp = cmd("prices", c.cmd_prices, "the price catalog")
     sp.add_argument("action", choices=["list", "show", "import"])
     sp.add_argument("arg", nargs="?", help="MODEL for show, FILE for import")

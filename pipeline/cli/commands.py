@@ -235,3 +235,21 @@ def cmd_prices(args: argparse.Namespace) -> int:
     from pipeline.cli.pricing import prices_command
 
     return prices_command(args, settings_from(args))
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    """Budgets on the compacted budgets topic."""
+    from pipeline.cli.budgets import cmd_budget as run
+
+    if args.action in ("set", "delete") and not args.id:
+        raise ConfigError(f"usage: tokenmeter budget {args.action} ID ...")
+    if args.action == "set" and (not args.tenant or args.limit is None):
+        raise ConfigError("budget set needs --tenant and --limit")
+    return run(args, settings_from(args))
+
+
+def cmd_breaches(args: argparse.Namespace) -> int:
+    """Breaches from the budget-breaches topic."""
+    from pipeline.cli.budgets import cmd_breaches as run
+
+    return run(args, settings_from(args))

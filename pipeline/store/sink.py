@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from pipeline.budgets import BudgetBreach
 from pipeline.events import DeadLetter, PricedUsage
 from pipeline.store.client import Store
 
@@ -24,6 +25,12 @@ USAGE_COLUMNS = (
     "output_cost", "reasoning_cost", "total_cost", "saved_cost", "currency", "price_version",
     "value_weight", "value_units", "value_tier", "late", "source_partition", "source_offset",
     "ingested_at",
+)
+BREACH_COLUMNS = (
+    "breach_id", "budget_id", "tenant_id", "kind", "threshold_pct", "spent", "limit",
+    "percent", "metric", "period_start", "period_end", "pool", "severity", "action", "mode",
+    "triggering_event_id", "emitted_at", "predicted_spend", "predicted_lower",
+    "predicted_upper", "probability", "projected_crossing_at",
 )
 DLQ_COLUMNS = (
     "source_topic", "source_partition", "source_offset", "item_index", "reason_code", "detail",
@@ -54,6 +61,16 @@ def dlq_row(d: DeadLetter, index: int) -> list[Any]:
     ]
 
 
+def breach_row(b: BudgetBreach) -> list[Any]:
+    """One budget_breaches row, in BREACH_COLUMNS order."""
+    return [
+        b.breach_id, b.budget_id, b.tenant_id, b.kind.value, b.threshold_pct, b.spent, b.limit,
+        b.percent, b.metric.value, b.period_start, b.period_end, b.pool, b.severity, b.action,
+        b.mode.value, b.triggering_event_id or "", b.emitted_at, b.predicted_spend,
+        b.predicted_lower, b.predicted_upper, b.probability, b.projected_crossing_at,
+    ]
+
+
 class Sink:
     """Inserts batches into ClickHouse; retries with capped backoff until durable."""
 
@@ -72,14 +89,26 @@ class Sink:
         ``token`` names the batch: a retry after an insert that did land (timeout after
         commit) is dropped by ClickHouse instead of counted twice in the rollups.
         """
+        started = time.perf_counter()
+        await self._retry(lambda: self._write_sync(usage, dlq, token))
+        self.seconds += time.perf_counter() - started
+        self.rows_written += len(usage)
+
+    async def write_breaches(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Mirror breaches to ClickHouse, retrying until durable."""
+        await self._retry(lambda: self.store.insert("budget_breaches", rows, BREACH_COLUMNS))
+
+    async def write_rows(self, table: str, rows: Sequence[Sequence[Any]],
+                         columns: Sequence[str]) -> None:
+        """Insert rows into any ledger table, retrying until durable."""
+        await self._retry(lambda: self.store.insert(table, rows, columns))
+
+    async def _retry(self, insert: Any) -> None:
         delay = 0.1
         while True:
             try:
-                started = time.perf_counter()
-                await asyncio.to_thread(self._write_sync, usage, dlq, token)
-                self.seconds += time.perf_counter() - started
+                await asyncio.to_thread(insert)
                 self.healthy = True
-                self.rows_written += len(usage)
                 return
             except Exception as exc:  # any client error: back off and retry, never drop
                 self.failures += 1

@@ -67,3 +67,49 @@ def existing_ids(store: Store, pairs: Iterable[tuple[str, str]]) -> set[tuple[st
         parameters={"tenants": tenants, "ids": ids},
     )
     return {(t, e) for t, e in rows}
+
+
+_METRIC_SQL = {
+    "cost": "total_cost",
+    "tokens": "toDecimal128(input_tokens + output_tokens, 12)",
+    "value_units": "value_units",
+}
+
+
+def period_spend(store: Store, budget: Any, start: datetime, end: datetime) -> dict[str, Any]:
+    """Period-to-date amount of a budget's metric, by value tier, from the exact ledger."""
+    where = ["tenant_id = %(tenant)s", "timestamp >= %(start)s", "timestamp < %(end)s"]
+    params: dict[str, Any] = {"tenant": budget.tenant_id, "start": start, "end": end}
+    for field in ("project_id", "user_id", "feature", "task_type"):
+        value = getattr(budget, field)
+        if value is not None:
+            where.append(f"{field} = %({field})s")
+            params[field] = value
+    if budget.model is not None:
+        where.append("(model = %(model)s OR priced_model = %(model)s)")
+        params["model"] = budget.model
+    rows = store.rows(
+        f"SELECT value_tier, sum({_METRIC_SQL[budget.metric.value]}) "
+        f"FROM {store.database}.usage_events FINAL WHERE {' AND '.join(where)} "
+        "GROUP BY value_tier",
+        parameters=params,
+    )
+    return {tier: amount for tier, amount in rows}
+
+
+def fired_breaches(store: Store, budget_id: str, period_start: datetime) -> set[str]:
+    """breach_ids already published for a budget's period."""
+    rows = store.rows(
+        f"SELECT breach_id FROM {store.database}.budget_breaches "
+        "WHERE budget_id = %(b)s AND period_start = %(p)s",
+        parameters={"b": budget_id, "p": period_start},
+    )
+    return {r[0] for r in rows}
+
+
+def stored_budgets(store: Store) -> list[tuple[str, str, bool]]:
+    """(budget_id, spec JSON, deleted) of the latest version of every mirrored budget."""
+    return [
+        (b, spec, bool(deleted)) for b, spec, deleted in store.rows(
+            f"SELECT budget_id, spec, deleted FROM {store.database}.budgets FINAL")
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -12,11 +13,13 @@ import faust
 from pipeline.catalog import Catalog
 from pipeline.meter import Meter
 from pipeline.scoring import ValuePolicy
-from pipeline.settings import TOPIC_DLQ, TOPIC_EVENTS, Settings
+from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, TOPIC_DLQ, TOPIC_EVENTS, Settings
 from pipeline.store.client import Store
 from pipeline.store.sink import Sink
+from pipeline.stream.budget_feed import run_budget_feed
 from pipeline.stream.live import LiveState
 from pipeline.stream.processor import Processor, RawMessage
+from pipeline.stream.topics import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +34,14 @@ class Runtime:
     app: Any = None
     assigned: bool = False
     events_topic: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    catalog: Catalog | None = None
+    publish_budget: Any = None
+    budgets_loaded: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def ready(self) -> bool:
-        """Partitions assigned and the store open."""
-        return self.assigned and self.store is not None
+        """Partitions assigned, state rebuilt, budgets loaded."""
+        return self.assigned and self.budgets_loaded.is_set()
 
 
 def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValuePolicy) -> Runtime:
@@ -66,22 +71,41 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
         settings.topic(TOPIC_EVENTS), key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw",
     )
-    dlq_topic = app.topic(
-        settings.topic(TOPIC_DLQ), key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw",
-    )
+    def raw_topic(name: str) -> Any:
+        return app.topic(settings.topic(name), key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw")
+
+    dlq_topic = raw_topic(TOPIC_DLQ)
+    breaches_topic = raw_topic(TOPIC_BREACHES)
+    budgets_topic = raw_topic(TOPIC_BUDGETS)
 
     async def publish_dlq(key: str | None, value: bytes) -> None:
         await dlq_topic.send(key=key.encode() if key else None, value=value)
+
+    async def publish_breach(key: str | None, value: bytes) -> None:
+        fut = await breaches_topic.send(key=key.encode() if key else None, value=value)
+        await fut  # a breach is only "published" once the broker has it
+
+    async def publish_budget(budget_id: str, value: bytes | None) -> None:
+        fut = await budgets_topic.send(key=budget_id.encode(), value=value)
+        await fut
 
     sink = Sink(store)
     live = LiveState(grace=timedelta(seconds=settings.grace_s),
                      horizon=timedelta(days=settings.dedup_horizon_days),
                      max_ids=settings.dedup_max_ids)
     processor = Processor(Meter(catalog, policy), sink, store, live, publish_dlq,
-                          grace=timedelta(seconds=settings.grace_s))
+                          grace=timedelta(seconds=settings.grace_s),
+                          publish_breach=publish_breach,
+                          partition_of=lambda t: partition_for(t, settings.partitions))
     runtime = Runtime(settings=settings, store=store, processor=processor, app=app,
-                      events_topic=events_topic)
+                      events_topic=events_topic, catalog=catalog,
+                      publish_budget=publish_budget)
+
+    async def budget_feed() -> None:
+        await run_budget_feed(settings, processor, sink, runtime.budgets_loaded)
+
+    app.task(budget_feed)
 
     @app.agent(events_topic, name="meter")
     async def meter(stream: Any) -> None:
@@ -103,7 +127,9 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]  # mode stub too narrow
 
     from pipeline.web.api import register_spend_view, register_views
+    from pipeline.web.budgets_api import register_budget_views
 
     register_views(app, runtime)
     register_spend_view(app, runtime)
+    register_budget_views(app, runtime)
     return runtime

@@ -14,14 +14,17 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
+from pipeline.budgets import Budget, BudgetBreach, period_bounds
 from pipeline.events import DeadLetter, PricedUsage
 from pipeline.meter import Meter, Source
 from pipeline.spend import is_late
 from pipeline.store import state as ledger
 from pipeline.store.client import Store
-from pipeline.store.sink import Sink, dlq_row, usage_row
+from pipeline.store.sink import Sink, breach_row, dlq_row, usage_row
+from pipeline.stream.budget_state import BudgetBook, BudgetTracker, PeriodSpend
 from pipeline.stream.live import LiveState, PartitionState
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class Metrics:
         self.late = 0
         self.dead = Counter[str]()
         self.batches = 0
+        self.breaches = 0
 
 
 def utc_now() -> datetime:
@@ -62,15 +66,21 @@ class Processor:
 
     def __init__(self, meter: Meter, sink: Sink, store: Store, live: LiveState,
                  publish_dlq: Publish, *, grace: timedelta = timedelta(hours=1),
-                 clock: Callable[[], datetime] = utc_now) -> None:
+                 clock: Callable[[], datetime] = utc_now,
+                 publish_breach: Publish | None = None,
+                 partition_of: Callable[[str], int] = lambda tenant: 0) -> None:
         self.meter = meter
         self.sink = sink
         self.store = store
         self.live = live
         self.publish_dlq = publish_dlq
+        self.publish_breach = publish_breach
+        self.partition_of = partition_of
         self.grace = grace
         self.clock = clock
         self.metrics = Metrics()
+        self.book = BudgetBook()
+        self.tracker = BudgetTracker()
         self.lock = asyncio.Lock()  # rebuilds and batches never interleave
 
     async def process(self, batch: Sequence[RawMessage]) -> None:
@@ -103,6 +113,7 @@ class Processor:
             rows.append(usage_row(p, late=late, partition=msg.partition, offset=msg.offset,
                                   ingested_at=now))
             effects.append((st, p, late))
+        hits = await self._budget_hits([p for _, p in fresh])
         # the token names exactly this set of rows: a retry of the same insert is dropped by
         # ClickHouse, while different rows (even at reused offsets) never share a token
         token = hashlib.blake2b("|".join(p.event_id for _, p in fresh).encode(),
@@ -119,6 +130,14 @@ class Processor:
                         p.reasoning_output_tokens), p.value_units)
         for st in {id(s): s for s, _, _ in effects}.values():
             st.expire(self.grace)
+        breaches: list[BudgetBreach] = []
+        for ps, tier, amount, event_id in hits:
+            ps.add(tier, amount)
+            breaches.extend(ps.evaluate(now, event_id))
+        if breaches:
+            await self._emit(breaches)
+        if hits:
+            self.tracker.expire(now)
         for d in dead:
             self.metrics.dead[d.reason_code] += 1
             await self.publish_dlq(d.tenant_id, d.model_dump_json().encode())
@@ -151,7 +170,73 @@ class Processor:
             fresh.extend(x for x in unknown if (x[1].tenant_id, x[1].event_id) not in stored)
         return fresh
 
+    async def _budget_hits(self, fresh: list[PricedUsage]
+                           ) -> list[tuple[PeriodSpend, str, Decimal, str]]:
+        """(period, tier, amount, event_id) for every event x matching budget.
+
+        Periods not yet tracked are loaded from the ledger first, before this batch is
+        written, so the batch is counted exactly once.
+        """
+        wanted: list[tuple[Budget, PricedUsage, datetime, datetime]] = []
+        missing: dict[tuple[str, datetime], tuple[Budget, datetime, datetime]] = {}
+        for p in fresh:
+            for b in self.book.for_tenant(p.tenant_id):
+                if not b.matches(p):
+                    continue
+                start, end = period_bounds(b.period, b.tz, p.timestamp)
+                wanted.append((b, p, start, end))
+                if self.tracker.get(b.budget_id, start) is None:
+                    missing[(b.budget_id, start)] = (b, start, end)
+        for b, start, end in missing.values():
+            await self.load_period(b, start, end)
+        hits = []
+        for b, p, start, _ in wanted:
+            ps = self.tracker.get(b.budget_id, start)
+            if ps is not None:
+                hits.append((ps, p.value_tier, b.measure(p), p.event_id))
+        return hits
+
+    async def load_period(self, b: Budget, start: datetime, end: datetime) -> PeriodSpend:
+        """Track a budget period from the ledger's totals and already-fired breaches."""
+        by_tier = await asyncio.to_thread(ledger.period_spend, self.store, b, start, end)
+        fired = await asyncio.to_thread(ledger.fired_breaches, self.store, b.budget_id, start)
+        return self.tracker.load(b, start, end, by_tier, fired)
+
+    async def _emit(self, breaches: list[BudgetBreach]) -> None:
+        """Publish first, then mirror: a crash in between repeats a breach_id, never loses it."""
+        for b in breaches:
+            if self.publish_breach is not None:
+                await self.publish_breach(b.tenant_id, b.model_dump_json().encode())
+        await self.sink.write_breaches([breach_row(b) for b in breaches])
+        self.metrics.breaches += len(breaches)
+
+    async def evaluate_budget(self, budget: Budget, now: datetime) -> list[BudgetBreach]:
+        """Load the budget's current period from the ledger and publish what is crossed."""
+        start, end = period_bounds(budget.period, budget.tz, now)
+        ps = self.tracker.get(budget.budget_id, start) or await self.load_period(
+            budget, start, end)
+        breaches = ps.evaluate(now, None)
+        if breaches:
+            await self._emit(breaches)
+        return breaches
+
+    async def budget_changed(self, budget_id: str, budget: Budget | None) -> None:
+        """Apply a budget set/delete; re-evaluate it here when this worker owns its tenant."""
+        async with self.lock:
+            old = self.book.put(budget) if budget is not None else self.book.delete(budget_id)
+            if budget is not None and old == budget:
+                return
+            self.tracker.forget(budget_id)
+            if budget is not None and self.partition_of(budget.tenant_id) in self.live.partitions:
+                await self.evaluate_budget(budget, self.clock())
+
     async def rebuild(self, partitions: set[int]) -> None:
-        """Rebuild live state of newly assigned partitions from the ledger."""
+        """Rebuild live state of newly assigned partitions from the ledger, then catch up
+        on breaches their budgets crossed while no worker owned them."""
         async with self.lock:
             await asyncio.to_thread(self.live.rebuild, self.store, partitions, self.clock())
+            now = self.clock()
+            for b in list(self.book.budgets.values()):
+                if self.partition_of(b.tenant_id) in partitions:
+                    self.tracker.forget(b.budget_id)
+                    await self.evaluate_budget(b, now)

@@ -73,3 +73,10 @@ async def ensure_topics(settings: Settings, timeout: float = 10.0) -> list[str]:
         return [t.name for t in new]
     finally:
         await admin.close()
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition a keyed message lands on (Kafka's default murmur2 partitioner)."""
+    from aiokafka.partitioner import murmur2
+
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions

@@ -1,0 +1,167 @@
+"""`tokenmeter budget ...` and `tokenmeter breaches`: the compacted topics are the truth."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import ValidationError
+
+from pipeline.budgets import Budget
+from pipeline.errors import BrokerError, ConfigError
+from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, Settings
+from pipeline.stream.budget_feed import decode_budget
+from pipeline.stream.topics import ensure_topics, kafka_client_options
+from pipeline.web.budgets_api import validation_message
+
+SCOPES = ("project_id", "user_id", "feature", "model", "task_type")
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"{what} {item!r} must look like key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def budget_from_args(args: argparse.Namespace) -> Budget:
+    """Build and validate a Budget from `budget set` flags (clear message when invalid)."""
+    spec: dict[str, Any] = {"budget_id": args.id, "tenant_id": args.tenant, "limit": args.limit,
+                            "period": args.period, "metric": args.metric, "mode": args.mode,
+                            "timezone": args.timezone}
+    if args.thresholds:
+        spec["thresholds"] = [t.strip() for t in args.thresholds.split(",") if t.strip()]
+    for key, value in _pairs(args.scope or [], "--scope").items():
+        if key not in SCOPES:
+            raise ConfigError(f"--scope {key!r} is not a scope; use one of {', '.join(SCOPES)}")
+        spec[key] = value
+    try:
+        spec["pools"] = {k: Decimal(v) for k, v in _pairs(args.pool or [], "--pool").items()}
+    except InvalidOperation:
+        raise ConfigError("--pool shares must be numbers, e.g. --pool low=0.15") from None
+    if args.forecast_probability is not None:
+        spec["forecast"] = {"enabled": True, "probability": args.forecast_probability}
+    if args.no_forecast:
+        spec["forecast"] = {"enabled": False}
+    try:
+        return Budget.model_validate(spec)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid budget: {validation_message(exc)}") from None
+
+
+async def _send(settings: Settings, key: str, value: bytes | None) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(**kafka_client_options(settings))
+    try:
+        await producer.start()
+        await producer.send_and_wait(settings.topic(TOPIC_BUDGETS), value, key=key.encode())
+    except OSError as exc:
+        raise BrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
+    finally:
+        await producer.stop()
+
+
+async def read_topic(settings: Settings, name: str, *, follow: bool = False,
+                     on_message: Any = None) -> list[Any]:
+    """All messages of a topic from its start (and, with follow, forever)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    await ensure_topics(settings)
+    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
+                                **kafka_client_options(settings))
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        topic = settings.topic(name)
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - fresh topic list
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
+                                                         or {0})]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        while True:
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                for m in msgs:
+                    if on_message is not None:
+                        on_message(m)
+                    out.append(m)
+            if not follow:
+                done = all([await consumer.position(tp) >= ends[tp] for tp in tps])
+                if done or not batch:
+                    return out
+    finally:
+        await consumer.stop()
+
+
+def budgets_now(settings: Settings) -> dict[str, Budget]:
+    """The current budgets: the last message per key of the compacted topic."""
+    current: dict[str, Budget | None] = {}
+    for m in asyncio.run(read_topic(settings, TOPIC_BUDGETS)):
+        decoded = decode_budget(m.key, m.value)
+        if decoded is not None:
+            current[decoded[0]] = decoded[1]
+    return {k: v for k, v in current.items() if v is not None}
+
+
+def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
+    """set | list | delete."""
+    if args.action == "set":
+        budget = budget_from_args(args)
+        asyncio.run(_send(settings, budget.budget_id, budget.model_dump_json().encode()))
+        print(budget.model_dump_json())
+        return 0
+    if args.action == "delete":
+        if args.id not in budgets_now(settings):
+            raise ConfigError(f"no budget {args.id!r}")
+        asyncio.run(_send(settings, args.id, None))
+        print(f"deleted {args.id}", file=sys.stderr)
+        return 0
+    budgets = sorted(budgets_now(settings).values(), key=lambda b: b.budget_id)
+    if args.json:
+        print(json.dumps([b.model_dump(mode="json") for b in budgets]))
+        return 0
+    from pipeline.cli.output import print_rows
+
+    rows = [[b.budget_id, b.tenant_id, b.period.value, b.metric.value, format(b.limit, "f"),
+             b.mode.value, ",".join(format(t, "f") for t in b.thresholds),
+             ",".join(f"{k}={v}" for k, v in b.pools.items()),
+             ",".join(f"{k}={getattr(b, k)}" for k in SCOPES if getattr(b, k))] for b in budgets]
+    print_rows(["budget_id", "tenant", "period", "metric", "limit", "mode", "thresholds",
+                "pools", "scope"], rows, "table")
+    return 0
+
+
+def cmd_breaches(args: argparse.Namespace, settings: Settings) -> int:
+    """Print breaches from the topic's start; --follow keeps printing new ones."""
+
+    def show(m: Any) -> None:
+        try:
+            b = json.loads(m.value)
+        except (TypeError, ValueError):
+            return
+        if args.json:
+            print(json.dumps(b), flush=True)
+            return
+        what = (f"forecast {b.get('probability')} to reach" if b.get("kind") == "forecast"
+                else "crossed")
+        pool = f" pool {b['pool']}" if b.get("pool") else ""
+        print(f"{b.get('emitted_at', '')[:19]}  {b.get('severity', ''):8} "
+              f"{b.get('tenant_id')}/{b.get('budget_id')}{pool} {what} "
+              f"{b.get('threshold_pct')}% ({b.get('spent')} of {b.get('limit')} "
+              f"{b.get('metric')}) -> {b.get('action')}", flush=True)
+
+    try:
+        asyncio.run(read_topic(settings, TOPIC_BREACHES, follow=args.follow, on_message=show))
+    except KeyboardInterrupt:
+        return 0
+    return 0
