@@ -23,9 +23,9 @@ def room(limit: str, spent: str, mode: Mode = Mode.soft, pool: str = "",
         ([], "allow", None),
         ([room("10", "0")], "allow", None),
         ([room("10", "7.50")], "allow", None),  # exactly fits
-        # over: the cheapest OpenAI model that fits (gpt-5-nano at $0.05/M input)
-        ([room("10", "9")], "downgrade", "gpt-5-nano"),
-        ([room("10", "9", Mode.hard)], "downgrade", "gpt-5-nano"),
+        # over: the cheapest OpenAI model priced on 2025-07-01 (gpt-4.1-nano; gpt-5 came later)
+        ([room("10", "9")], "downgrade", "gpt-4.1-nano"),
+        ([room("10", "9", Mode.hard)], "downgrade", "gpt-4.1-nano"),
         # nothing fits: hard denies, soft allows (alert only)
         ([room("10", "10", Mode.hard)], "deny", None),
         ([room("10", "10")], "allow", None),
