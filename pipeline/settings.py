@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     grace_s: float = Field(default=3600.0, ge=0, description="late-event grace period")
     dedup_horizon_days: float = Field(default=7.0, gt=0)
     dedup_max_ids: int = Field(default=2_000_000, ge=1000)
+    forecast_interval_s: float = Field(default=3600.0, gt=0,
+                                       description="worker's built-in forecast schedule")
+    forecast_processes: int = Field(default=2, ge=1, le=64)
     log_level: str = "WARNING"
 
     @field_validator("kafka_bootstrap")

@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--follow", action="store_true")
     sp.add_argument("--json", action="store_true")
 
+    sp = cmd("forecast", c.cmd_forecast, "forecast every budget's period-end spend once")
+    sp.add_argument("--budget", metavar="ID")
+    sp.add_argument("--json", action="store_true", help="one JSON object per budget")
+
     sp = cmd("prices", c.cmd_prices, "the price catalog")
     sp.add_argument("action", choices=["list", "show", "import"])
     sp.add_argument("arg", nargs="?", help="MODEL for show, FILE for import")

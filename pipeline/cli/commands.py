@@ -253,3 +253,10 @@ def cmd_breaches(args: argparse.Namespace) -> int:
     from pipeline.cli.budgets import cmd_breaches as run
 
     return run(args, settings_from(args))
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    """Run the forecast job once."""
+    from pipeline.cli.forecast import cmd_forecast as run
+
+    return run(args, settings_from(args))

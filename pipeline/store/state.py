@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.store.client import Store
@@ -76,8 +76,8 @@ _METRIC_SQL = {
 }
 
 
-def period_spend(store: Store, budget: Any, start: datetime, end: datetime) -> dict[str, Any]:
-    """Period-to-date amount of a budget's metric, by value tier, from the exact ledger."""
+def _scope(budget: Any, start: datetime, end: datetime) -> tuple[str, dict[str, Any]]:
+    """WHERE clause and parameters selecting a budget's events in [start, end)."""
     where = ["tenant_id = %(tenant)s", "timestamp >= %(start)s", "timestamp < %(end)s"]
     params: dict[str, Any] = {"tenant": budget.tenant_id, "start": start, "end": end}
     for field in ("project_id", "user_id", "feature", "task_type"):
@@ -88,10 +88,15 @@ def period_spend(store: Store, budget: Any, start: datetime, end: datetime) -> d
     if budget.model is not None:
         where.append("(model = %(model)s OR priced_model = %(model)s)")
         params["model"] = budget.model
+    return " AND ".join(where), params
+
+
+def period_spend(store: Store, budget: Any, start: datetime, end: datetime) -> dict[str, Any]:
+    """Period-to-date amount of a budget's metric, by value tier, from the exact ledger."""
+    where, params = _scope(budget, start, end)
     rows = store.rows(
         f"SELECT value_tier, sum({_METRIC_SQL[budget.metric.value]}) "
-        f"FROM {store.database}.usage_events FINAL WHERE {' AND '.join(where)} "
-        "GROUP BY value_tier",
+        f"FROM {store.database}.usage_events FINAL WHERE {where} GROUP BY value_tier",
         parameters=params,
     )
     return {tier: amount for tier, amount in rows}
@@ -112,4 +117,19 @@ def stored_budgets(store: Store) -> list[tuple[str, str, bool]]:
     return [
         (b, spec, bool(deleted)) for b, spec, deleted in store.rows(
             f"SELECT budget_id, spec, deleted FROM {store.database}.budgets FINAL")
+    ]
+
+
+def bucket_history(store: Store, budget: Any, since: datetime, until: datetime,
+                   hourly: bool) -> list[tuple[datetime, Any]]:
+    """(UTC bucket start, amount) of a budget's metric per hour or day, from the ledger."""
+    fn = "toStartOfHour(timestamp)" if hourly else "toStartOfDay(timestamp)"
+    where, params = _scope(budget, since, until)
+    return [
+        (ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts, amount)
+        for ts, amount in store.rows(
+            f"SELECT {fn} AS b, sum({_METRIC_SQL[budget.metric.value]}) "
+            f"FROM {store.database}.usage_events FINAL WHERE {where} GROUP BY b ORDER BY b",
+            parameters=params,
+        )
     ]

@@ -37,6 +37,8 @@ class Runtime:
     catalog: Catalog | None = None
     publish_budget: Any = None
     budgets_loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    forecast_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    forecast: Any = None
 
     @property
     def ready(self) -> bool:
@@ -107,6 +109,33 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
 
     app.task(budget_feed)
 
+    async def forecast(budget_id: str | None = None, owned_only: bool = False) -> Any:
+        from datetime import datetime, timezone
+
+        from pipeline.forecast_job import run_forecasts
+
+        budgets = [b for b in processor.book.budgets.values()
+                   if (budget_id is None or b.budget_id == budget_id)
+                   and (not owned_only or processor.partition_of(b.tenant_id)
+                        in live.partitions)]
+
+        async def publish(b: Any) -> None:
+            await publish_breach(b.tenant_id, b.model_dump_json().encode())
+
+        async with runtime.forecast_lock:
+            return await run_forecasts(store, budgets, datetime.now(timezone.utc),
+                                       publish=publish, processes=settings.forecast_processes)
+
+    runtime.forecast = forecast
+
+    async def scheduled_forecast() -> None:
+        if runtime.ready and processor.book.budgets:
+            forecasts, breaches = await forecast(owned_only=True)
+            log.info("scheduled forecast: %d budgets, %d forecast breaches",
+                     len(forecasts), len(breaches))
+
+    app.timer(interval=settings.forecast_interval_s, on_leader=False)(scheduled_forecast)
+
     @app.agent(events_topic, name="meter")
     async def meter(stream: Any) -> None:
         async for events in stream.take_events(settings.take_max, within=settings.take_within_s):
@@ -127,9 +156,10 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]  # mode stub too narrow
 
     from pipeline.web.api import register_spend_view, register_views
-    from pipeline.web.budgets_api import register_budget_views
+    from pipeline.web.budgets_api import register_budget_views, register_forecast_view
 
     register_views(app, runtime)
     register_spend_view(app, runtime)
     register_budget_views(app, runtime)
+    register_forecast_view(app, runtime)
     return runtime

@@ -139,3 +139,25 @@ def register_budget_views(app: Any, runtime: Any) -> None:
                                   ps.spent.get(pool, Decimal(0)), b.mode,
                                   b.metric))
         return rooms
+
+
+def register_forecast_view(app: Any, runtime: Any) -> None:
+    """POST /api/forecast {"budget_id": optional}: run the forecast job now."""
+    from pipeline.forecast_job import summary
+
+    @app.page("/api/forecast")
+    class RunForecast(View):
+        async def post(self, request: Request) -> Response:
+            try:
+                body = await request.json() if await request.read() else {}
+            except ValueError:
+                return self.json({"error": 'send JSON {"budget_id": "..."} or nothing'},
+                                 status=400)
+            budget_id = body.get("budget_id") if isinstance(body, dict) else None
+            if budget_id is not None and budget_id not in runtime.processor.book.budgets:
+                return self.json({"error": f"no budget {budget_id!r}"}, status=404)
+            forecasts, breaches = await runtime.forecast(budget_id)
+            return self.bytes(json.dumps({
+                "forecasts": [summary(f) for f in forecasts],
+                "breaches": [b.model_dump(mode="json") for b in breaches],
+            }).encode(), content_type="application/json")

@@ -92,6 +92,15 @@ def test_budget_lifecycle(settings: Settings) -> None:
         status, body = http(settings, "GET", "/api/decision?tenant_id=acme&model=nope&estimated_input_tokens=1&estimated_output_tokens=1")
         assert status == 404
 
+        # the forecast job runs inside the worker (it holds chDB) and prints per budget
+        fc = tm(settings, "forecast", "--json")
+        assert fc.returncode == 0, fc.stderr
+        lines = [json.loads(x) for x in fc.stdout.splitlines()]
+        assert [x["budget_id"] for x in lines] == ["b-acme"]
+        assert {"budget_id", "period_end", "predicted_spend", "lower", "upper",
+                "probability_exceed", "model"} <= set(lines[0])
+        assert lines[0]["model"] == "none" and "history" in lines[0]["reason"]
+
         # raise the limit over the API: no new breach; then delete
         status, body = http(settings, "PUT", "/api/budgets/b-acme",
                             {"tenant_id": "acme", "limit": "2000", "metric": "tokens", "period": "day"})
