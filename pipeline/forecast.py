@@ -7,6 +7,7 @@ Model choice by history (recorded on every forecast):
 - hourly buckets, 3+ days: ETS with damped additive trend and daily (24 h) seasonality;
 - otherwise: ETS with damped additive trend, no seasonality;
 - a fit that fails or gives non-finite numbers: the recent mean rate, reason recorded.
+Isolated spikes are clipped before fitting (see ``despike``); they stay in actual spend.
 The distribution of end-of-period spend comes from simulated future paths of the fitted
 model (clipped at zero: spend never goes down), added to the period-to-date actual spend.
 """
@@ -98,6 +99,22 @@ def run_rate(spent: Decimal, period: tuple[datetime, datetime], now: datetime) -
     return spent * Decimal(length) / Decimal(elapsed)
 
 
+def despike(y: np.ndarray, half_window: int) -> np.ndarray:
+    """Clip isolated spikes to the local median + 5 MAD (robust scale) around each point.
+
+    Incidents and runaway jobs are real spend, and stay in period-to-date actuals, but a
+    model fitted through them extrapolates them; the base rate is what predicts the rest.
+    """
+    if len(y) < 5:
+        return y
+    w = min(half_window, len(y) // 2)
+    padded = np.pad(y, w, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1)
+    med = np.median(windows, axis=1)
+    mad = np.median(np.abs(windows - med[:, None]), axis=1) * 1.4826
+    return np.minimum(y, med + 5 * np.maximum(mad, 1e-9))
+
+
 def _fit_paths(y: np.ndarray, seasonal: int | None, horizon: int,
                rng: np.random.Generator) -> tuple[np.ndarray, float | None]:
     from statsmodels.tsa.exponential_smoothing.ets import ETSModel
@@ -153,7 +170,8 @@ def forecast_budget(budget: Budget, history: Sequence[tuple[datetime, Decimal]],
             model = "ets_damped_daily" if seasonal else "ets_damped"
         reason = f"{len(y)} {'daily' if step == timedelta(days=1) else 'hourly'} buckets"
         try:
-            paths, wape = _fit_paths(y, seasonal, horizon, rng)
+            half = 28 if step == timedelta(days=1) else 7 * 24
+            paths, wape = _fit_paths(despike(y, half), seasonal, horizon, rng)
         except Exception as exc:  # statsmodels raises many kinds; any of them -> fallback
             recent = y[-7 * (24 if step < timedelta(days=1) else 1):]
             model, reason = "recent_mean", f"model fit failed ({type(exc).__name__}); " \
