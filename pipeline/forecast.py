@@ -112,7 +112,8 @@ def despike(y: np.ndarray, half_window: int) -> np.ndarray:
     windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1)
     med = np.median(windows, axis=1)
     mad = np.median(np.abs(windows - med[:, None]), axis=1) * 1.4826
-    return np.minimum(y, med + 5 * np.maximum(mad, 1e-9))
+    clipped: np.ndarray = np.minimum(y, med + 5 * np.maximum(mad, 1e-9))
+    return clipped
 
 
 def _fit_paths(y: np.ndarray, seasonal: int | None, horizon: int,

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.settings import Settings
 from tests.conftest import subprocess_env
-from tests.integration.test_worker import get, produce, start_worker, wait_ready
+from tests.integration.test_worker import produce, start_worker, wait_ready
 
 pytestmark = pytest.mark.integration
 
