@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     dedup_max_ids: int = Field(default=2_000_000, ge=1000)
     forecast_interval_s: float = Field(default=3600.0, gt=0,
                                        description="worker's built-in forecast schedule")
+    status_interval_s: float = Field(default=60.0, gt=0,
+                                     description="how often budget_status is refreshed")
     forecast_processes: int = Field(default=2, ge=1, le=64)
     log_level: str = "WARNING"
 

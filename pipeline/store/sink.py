@@ -32,6 +32,8 @@ BREACH_COLUMNS = (
     "triggering_event_id", "emitted_at", "predicted_spend", "predicted_lower",
     "predicted_upper", "probability", "projected_crossing_at",
 )
+STATUS_COLUMNS = ("budget_id", "tenant_id", "period_start", "period_end", "metric", "spent",
+                  "limit", "percent", "mode", "updated_at")
 DLQ_COLUMNS = (
     "source_topic", "source_partition", "source_offset", "item_index", "reason_code", "detail",
     "raw", "event_id", "tenant_id", "received_at",

@@ -15,7 +15,7 @@ from pipeline.meter import Meter
 from pipeline.scoring import ValuePolicy
 from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, TOPIC_DLQ, TOPIC_EVENTS, Settings
 from pipeline.store.client import Store
-from pipeline.store.sink import Sink
+from pipeline.store.sink import STATUS_COLUMNS, Sink
 from pipeline.stream.budget_feed import run_budget_feed
 from pipeline.stream.live import LiveState
 from pipeline.stream.processor import Processor, RawMessage
@@ -39,6 +39,7 @@ class Runtime:
     budgets_loaded: asyncio.Event = field(default_factory=asyncio.Event)
     forecast_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     forecast: Any = None
+    write_status: Any = None
 
     @property
     def ready(self) -> bool:
@@ -135,6 +136,17 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
                      len(forecasts), len(breaches))
 
     app.timer(interval=settings.forecast_interval_s, on_leader=False)(scheduled_forecast)
+
+    async def budget_status() -> None:
+        from datetime import datetime, timezone
+
+        if runtime.ready and processor.book.budgets:
+            rows = await processor.status_rows(datetime.now(timezone.utc))
+            if rows:
+                await sink.write_rows("budget_status", rows, STATUS_COLUMNS)
+
+    runtime.write_status = budget_status
+    app.timer(interval=settings.status_interval_s, on_leader=False)(budget_status)
 
     @app.agent(events_topic, name="meter")
     async def meter(stream: Any) -> None:

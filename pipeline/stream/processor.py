@@ -220,6 +220,21 @@ class Processor:
             await self._emit(breaches)
         return breaches
 
+    async def status_rows(self, now: datetime) -> list[list[Any]]:
+        """budget_status rows (current period) of the budgets whose tenants this worker owns."""
+        rows = []
+        async with self.lock:
+            for b in list(self.book.budgets.values()):
+                if self.partition_of(b.tenant_id) not in self.live.partitions:
+                    continue
+                start, end = period_bounds(b.period, b.tz, now)
+                ps = self.tracker.get(b.budget_id, start) or await self.load_period(b, start, end)
+                spent = ps.spent.get("", Decimal(0))
+                rows.append([b.budget_id, b.tenant_id, start, end, b.metric.value, spent,
+                             b.limit, (spent * 100 / b.limit).quantize(Decimal("0.000001")),
+                             b.mode.value, now])
+        return rows
+
     async def budget_changed(self, budget_id: str, budget: Budget | None) -> None:
         """Apply a budget set/delete; re-evaluate it here when this worker owns its tenant."""
         async with self.lock:
