@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.web_host in ("0.0.0.0", "::") else self.web_host  # noqa: S104
         return f"http://{host}:{self.web_port}"
 
+    @property
+    def prices_dir(self) -> Path:
+        """Where `tokenmeter prices import` stores catalog versions (shared by workers)."""
+        return self.data_dir / "prices"
+
     def topic(self, name: str) -> str:
         """Full topic name with the configured prefix (tests isolate topics this way)."""
         return f"{self.topic_prefix}{name}"

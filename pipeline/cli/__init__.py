@@ -104,6 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--budget", metavar="ID")
     sp.add_argument("--json", action="store_true", help="one JSON object per budget")
 
+    sp = cmd("dlq", c.cmd_dlq, "dead letters: counts by reason, replay those that now validate")
+    sp.add_argument("action", choices=["list", "replay"])
+    sp.add_argument("--reason", help="replay only this reason_code")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("export", c.cmd_export, "export the ledger (FinOps FOCUS 1.2)")
+    sp.add_argument("format", choices=["focus"])
+    sp.add_argument("--from", dest="date_from", required=True, metavar="DATE")
+    sp.add_argument("--to", dest="date_to", required=True, metavar="DATE")
+    sp.add_argument("file", help="output .csv or .parquet")
+
+    sp = cmd("reprice", c.cmd_reprice, "recompute stored costs after a catalog correction")
+    sp.add_argument("--from", dest="date_from", required=True, metavar="DATE")
+    sp.add_argument("--to", dest="date_to", required=True, metavar="DATE")
+    sp.add_argument("--dry-run", action="store_true")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("report", c.cmd_report, "a tenant's spend summary (terminal or --html FILE)")
+    sp.add_argument("--tenant", required=True)
+    sp.add_argument("--period", default="month", choices=["day", "week", "month"])
+    sp.add_argument("--html", metavar="FILE")
+
     sp = cmd("prices", c.cmd_prices, "the price catalog")
     sp.add_argument("action", choices=["list", "show", "import"])
     sp.add_argument("arg", nargs="?", help="MODEL for show, FILE for import")

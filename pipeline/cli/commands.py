@@ -134,19 +134,20 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _meter() -> Any:
-    from pipeline.catalog import load_catalog
+def _meter(settings: Settings | None = None) -> Any:
+    from pipeline.catalog import load_catalog_with_overlays
     from pipeline.meter import Meter
     from pipeline.scoring import load_policy
 
-    return Meter(load_catalog(), load_policy())
+    prices = settings.prices_dir if settings is not None else None
+    return Meter(load_catalog_with_overlays(prices), load_policy())
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """One JSON verdict per line: {line, ok, reason_code, detail}."""
     from pipeline.validate import decode_message
 
-    meter = _meter()
+    meter = _meter(settings_from(args))
     now = _now()
     bad = 0
     for n, line in _lines(args.file):
@@ -170,7 +171,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from pipeline.cli.publish import publish_events
 
     settings = settings_from(args)
-    meter = _meter()
+    meter = _meter(settings)
     now = _now()
     good: list[dict[str, Any]] = []
     rejected = 0
@@ -212,10 +213,10 @@ def cmd_price(args: argparse.Namespace) -> int:
     from pipeline.cli.pricing import price_events, price_one
 
     if args.events:
-        return price_events(_meter(), _lines(args.events), _now())
+        return price_events(_meter(settings_from(args)), _lines(args.events), _now())
     if not args.model:
         raise ConfigError("give --model (and token counts), or --events FILE")
-    return price_one(args, _now())
+    return price_one(args, _now(), settings_from(args).prices_dir)
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
@@ -258,5 +259,33 @@ def cmd_breaches(args: argparse.Namespace) -> int:
 def cmd_forecast(args: argparse.Namespace) -> int:
     """Run the forecast job once."""
     from pipeline.cli.forecast import cmd_forecast as run
+
+    return run(args, settings_from(args))
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """Dead-letter queue."""
+    from pipeline.cli.ops import cmd_dlq as run
+
+    return run(args, settings_from(args))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """FOCUS export."""
+    from pipeline.cli.ops import cmd_export as run
+
+    return run(args, settings_from(args))
+
+
+def cmd_reprice(args: argparse.Namespace) -> int:
+    """Re-pricing."""
+    from pipeline.cli.ops import cmd_reprice as run
+
+    return run(args, settings_from(args))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Tenant report."""
+    from pipeline.cli.ops import cmd_report as run
 
     return run(args, settings_from(args))

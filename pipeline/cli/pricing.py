@@ -29,9 +29,9 @@ def _parse_time(text: str | None, default: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def price_one(args: argparse.Namespace, now: datetime) -> int:
+def price_one(args: argparse.Namespace, now: datetime, prices_dir: Path | None = None) -> int:
     """Print the cost of one call."""
-    catalog = load_catalog_with_overlays(None)
+    catalog = load_catalog_with_overlays(prices_dir)
     at = _parse_time(args.at, now)
     counts = TokenCounts(
         input_tokens=args.input_tokens, output_tokens=args.output_tokens,
@@ -96,7 +96,7 @@ def _row(m: ModelPrice, at: datetime) -> dict[str, Any]:
 
 def prices_command(args: argparse.Namespace, settings: Settings) -> int:
     """list | show MODEL | import FILE --effective-from D."""
-    overlay_dir = settings.data_dir / "prices"
+    overlay_dir = settings.prices_dir
     catalog = load_catalog_with_overlays(overlay_dir)
     now = datetime.now(timezone.utc)
     if args.action == "list":

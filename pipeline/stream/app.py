@@ -167,11 +167,12 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
 
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]  # mode stub too narrow
 
-    from pipeline.web.api import register_spend_view, register_views
+    from pipeline.web.api import register_ops_view, register_spend_view, register_views
     from pipeline.web.budgets_api import register_budget_views, register_forecast_view
 
     register_views(app, runtime)
     register_spend_view(app, runtime)
     register_budget_views(app, runtime)
     register_forecast_view(app, runtime)
+    register_ops_view(app, runtime)
     return runtime

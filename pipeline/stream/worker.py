@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.broker import EmbeddedBroker, port_free
-from pipeline.catalog import load_catalog
+from pipeline.catalog import load_catalog_with_overlays
 from pipeline.errors import BrokerError, ConfigError, StoreError
 from pipeline.scoring import load_policy
 from pipeline.settings import TOPIC_EVENTS, Settings
@@ -79,7 +79,8 @@ def run_worker(settings: Settings, *, embedded_broker: bool = False, demo: bool 
         migrate(store)
         from pipeline.stream.app import build_app
 
-        runtime = build_app(settings, store, load_catalog(), load_policy())
+        runtime = build_app(settings, store, load_catalog_with_overlays(settings.prices_dir),
+                            load_policy())
         if demo:
             _add_demo_traffic(runtime.app, settings, demo_rate)
         if banner:

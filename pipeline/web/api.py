@@ -105,3 +105,37 @@ def register_spend_view(app: Any, runtime: Any) -> None:
                 "window_start": start.isoformat(), "window_end": end.isoformat(),
                 **totals.as_json(),
             })
+
+
+def register_ops_view(app: Any, runtime: Any) -> None:
+    """POST /api/ops/{name}: store operations the CLI runs through a worker holding chDB."""
+    from datetime import datetime, timezone
+
+    from pipeline.errors import TokenmeterError
+    from pipeline.ops import OPS, OpContext
+    from pipeline.settings import TOPIC_EVENTS
+
+    events = app.topic(runtime.settings.topic(TOPIC_EVENTS), key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+
+    async def publish(key: str, value: bytes) -> None:
+        fut = await events.send(key=key.encode(), value=value)
+        await fut
+
+    @app.page("/api/ops/{name}")
+    class Ops(View):
+        async def post(self, request: Request, name: str) -> Response:
+            op = OPS.get(name)
+            if op is None:
+                return self.json({"error": f"no operation {name!r}"}, status=404)
+            try:
+                body = await request.json() if await request.read() else {}
+            except ValueError:
+                return self.json({"error": "send a JSON object"}, status=400)
+            ctx = OpContext(runtime.settings, runtime.store, publish, datetime.now(timezone.utc))
+            try:
+                result = await op(ctx, body if isinstance(body, dict) else {})
+            except TokenmeterError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            return self.bytes(json.dumps(result, default=str).encode(),
+                              content_type="application/json")

@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest

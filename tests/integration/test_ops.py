@@ -1,0 +1,134 @@
+"""Store operations (DLQ, FOCUS export, re-pricing, report) on the real chDB ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from pipeline.catalog import from_litellm
+from pipeline.ops import OpContext, dlq_list, dlq_replay, export_focus, report, reprice
+from pipeline.report import html_report
+from pipeline.settings import load_settings
+from pipeline.store.client import Store
+from tests.integration.test_processor import make_processor, messages
+
+pytestmark = pytest.mark.integration
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+DAY = NOW - timedelta(days=2)
+
+
+def ev(i: int, model: str = "gpt-4o-mini", tenant: str = "tenant-00001") -> dict:
+    return {"event_id": f"op-{i}", "timestamp": (DAY + timedelta(minutes=i)).isoformat(),
+            "tenant_id": tenant, "provider": "openai", "model": model,
+            "input_tokens": 1000 * (i + 1), "output_tokens": 100}
+
+
+def fill(store: Store) -> None:
+    proc, _ = make_processor(store)
+    events = [ev(i) for i in range(10)] + [ev(100 + i, model="newco-7b") for i in range(3)]
+    events.append({"event_id": "t1", "timestamp": NOW.isoformat(), "tenant_id": "tenant-00001",
+                   "provider": "openai", "model": "newco-7b", "input_text": "secret words",
+                   "output_text": "more"})
+    asyncio.run(proc.process(messages(events)))
+
+
+def ledger_total(store: Store, tenant: str | None = None) -> Decimal:
+    where = f"WHERE tenant_id = '{tenant}'" if tenant else ""
+    return store.rows(f"SELECT sum(total_cost) FROM {store.database}.usage_events FINAL {where}")[0][0]
+
+
+def ctx(store: Store, tmp_path: Path, published: list | None = None) -> OpContext:
+    async def publish(key: str, value: bytes) -> None:
+        if published is not None:
+            published.append(json.loads(value))
+
+    return OpContext(load_settings(data_dir=str(tmp_path)), store, publish, NOW)
+
+
+def import_prices(tmp_path: Path, spec: dict, effective: datetime) -> None:
+    cat = from_litellm(spec, effective, f"fix-{effective.date()}", "test")
+    (tmp_path / "prices").mkdir(exist_ok=True)
+    (tmp_path / "prices" / f"{effective.timestamp():.0f}.json").write_text(cat.model_dump_json())
+
+
+def test_dlq_list_and_replay_after_catalog_fix(store: Store, tmp_path: Path) -> None:
+    fill(store)
+    listed = asyncio.run(dlq_list(ctx(store, tmp_path), {}))
+    assert listed["total"] == 4 and listed["by_reason"][0]["reason_code"] == "unknown_model"
+    published: list = []
+    before = asyncio.run(dlq_replay(ctx(store, tmp_path, published), {}))
+    assert before["replayed"] == 0 and published == []
+    import_prices(tmp_path, {"newco-7b": {"input_cost_per_token": 1e-07,
+                                          "output_cost_per_token": 2e-07}},
+                  datetime(2024, 1, 1, tzinfo=timezone.utc))
+    after = asyncio.run(dlq_replay(ctx(store, tmp_path, published), {"reason": "unknown_model"}))
+    # three events replay; the one that came as text cannot (its text was never stored)
+    assert after == {"replayed": 3, "still_invalid": {"text_removed": 1}}
+    assert sorted(p["event_id"] for p in published) == ["op-100", "op-101", "op-102"]
+    assert asyncio.run(dlq_replay(ctx(store, tmp_path, published), {}))["replayed"] == 0
+    assert asyncio.run(dlq_list(ctx(store, tmp_path), {}))["total"] == 1
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_focus_export_sums_to_ledger(store: Store, tmp_path: Path, suffix: str) -> None:
+    fill(store)
+    out = tmp_path / f"focus.{suffix}"
+    body = {"from": (DAY - timedelta(days=1)).date().isoformat(),
+            "to": (NOW + timedelta(days=1)).date().isoformat(), "file": str(out)}
+    result = asyncio.run(export_focus(ctx(store, tmp_path), body))
+    assert result["rows"] == 10
+    assert Decimal(result["billed_cost"]) == ledger_total(store)
+    if suffix == "csv":
+        rows = list(csv.DictReader(out.open()))
+        assert sum(Decimal(r["BilledCost"]) for r in rows) == ledger_total(store)
+        r = rows[0]
+        assert r["ChargeCategory"] == "Usage" and r["ServiceCategory"] == "AI and Machine Learning"
+        assert r["ConsumedUnit"] == "Tokens" and r["SkuId"] == "gpt-4o-mini"
+        assert json.loads(r["Tags"])["tenant"] == "tenant-00001"
+        assert r["x_PriceVersion"] and r["x_ValueUnits"]
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out)
+        assert sum(table.column("BilledCost").to_pylist()) == ledger_total(store)
+
+
+def test_reprice_corrects_costs_with_audit_and_rollups(store: Store, tmp_path: Path) -> None:
+    fill(store)
+    old = ledger_total(store)
+    import_prices(tmp_path, {"gpt-4o-mini": {"input_cost_per_token": 3e-07,
+                                             "output_cost_per_token": 1.2e-06}},
+                  DAY - timedelta(days=1))  # a correction effective in the past: doubles it
+    body = {"from": (DAY - timedelta(days=1)).date().isoformat(),
+            "to": (NOW + timedelta(days=1)).date().isoformat()}
+    dry = asyncio.run(reprice(ctx(store, tmp_path), {**body, "dry_run": True}))
+    assert dry["events_repriced"] == 10 and ledger_total(store) == old
+    assert Decimal(dry["tenants"][0]["difference"]) == old
+    done = asyncio.run(reprice(ctx(store, tmp_path), body))
+    assert done["events_repriced"] == 10
+    assert ledger_total(store) == 2 * old
+    db = store.database
+    assert store.rows(f"SELECT sum(total_cost) FROM {db}.spend_daily")[0][0] == 2 * old
+    assert store.rows(f"SELECT sum(events) FROM {db}.spend_hourly")[0][0] == 10
+    audit = store.rows(f"SELECT count(), any(new_price_version) FROM {db}.reprice_audit")
+    assert audit[0][0] == 10 and audit[0][1].startswith("fix-")
+    again = asyncio.run(reprice(ctx(store, tmp_path), body))
+    assert again["events_repriced"] == 0  # idempotent
+
+
+def test_report(store: Store, tmp_path: Path) -> None:
+    fill(store)
+    data = asyncio.run(report(ctx(store, tmp_path), {"tenant": "tenant-00001",
+                                                     "period": "month"}))
+    month_start = NOW.replace(day=1, hour=0, minute=0, second=0)
+    expected = sum(1 for i in range(10) if DAY + timedelta(minutes=i) >= month_start)
+    assert data["total"]["events"] == expected
+    assert [m[0] for m in data["models"]] == (["gpt-4o-mini"] if expected else [])
+    page = html_report(data)
+    assert "<svg" in page and "tenant-00001" in page
