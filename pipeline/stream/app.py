@@ -170,6 +170,9 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     from pipeline.web.api import register_ops_view, register_spend_view, register_views
     from pipeline.web.budgets_api import register_budget_views, register_forecast_view
 
+    from pipeline.web import auth
+
+    auth.install(app, settings)
     register_views(app, runtime)
     register_spend_view(app, runtime)
     register_budget_views(app, runtime)

@@ -60,6 +60,9 @@ def run_worker(settings: Settings, *, embedded_broker: bool = False, demo: bool 
     """Run until SIGINT/SIGTERM; flushes pending rows and stops every child it started."""
     import faust
 
+    from pipeline.web.auth import check_bind
+
+    check_bind(settings)
     if not port_free(settings.web_host, settings.web_port):
         raise ConfigError(
             f"web port {settings.web_host}:{settings.web_port} is already in use; "

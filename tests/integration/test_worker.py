@@ -188,3 +188,29 @@ def test_worker_meters_exactly_and_survives_sigkill(settings: Settings) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+
+
+def test_api_token_guards_every_api_route(settings: Settings, tmp_path) -> None:
+    s = settings.model_copy(update={"api_token": __import__("pydantic").SecretStr("s3cret")})
+    env = {**subprocess_env(s), "TOKENMETER_API_TOKEN": "s3cret"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(s, proc)  # /health stays open for probes
+        for path in ("/api/budgets", "/api/tenants/x/spend", "/api/breaches"):
+            assert get(s, path)[0] == 401
+        req = urllib.request.Request(f"{s.web_url}/api/budgets",
+                                     headers={"Authorization": "Bearer s3cret"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200
+        # the CLI sends the token it is configured with
+        out = subprocess.run([sys.executable, "-m", "pipeline.cli", "query", "--format", "csv",
+                              "SELECT 1"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.splitlines() == ["1", "1"]
+        bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "query", "SELECT 1"],
+                             env={**env, "TOKENMETER_API_TOKEN": "nope"},
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and "401" in bad.stderr and "nope" not in bad.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
