@@ -228,12 +228,13 @@ def action_for(budget: Budget, pool: str, threshold: Decimal) -> str:
 
 
 def evaluate(budget: Budget, pool: str, period: tuple[datetime, datetime], spent: Decimal,
-             already: set[str], *, now: datetime,
-             triggering_event_id: str | None = None) -> list[BudgetBreach]:
-    """Threshold breaches newly crossed at ``spent`` (ids in ``already`` are skipped)."""
+             already: set[str], *, now: datetime, triggering_event_id: str | None = None,
+             skip: int = 0) -> list[BudgetBreach]:
+    """Threshold breaches newly crossed at ``spent`` (ids in ``already`` are skipped, and
+    so are the first ``skip`` thresholds, known to be settled)."""
     limit = budget.pool_limit(pool)
     out = []
-    for t in budget.thresholds:
+    for t in budget.thresholds[skip:]:
         if spent * 100 < t * limit:
             break
         bid = breach_id(budget.budget_id, period[0], pool, "threshold", t, limit)

@@ -20,13 +20,13 @@ class DedupIndex:
         self.horizon = horizon
         self.watermark = watermark
         self._days: dict[date, set[str]] = {}
-        self._size = 0
+        self._all: set[str] = set()  # one lookup per event on the hot path
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._all)
 
     def __contains__(self, event_id: object) -> bool:
-        return any(event_id in ids for ids in self._days.values())
+        return event_id in self._all
 
     def covers(self, ts: datetime) -> bool:
         """True when memory alone answers whether an id with event time ``ts`` was seen."""
@@ -34,21 +34,22 @@ class DedupIndex:
 
     def add(self, event_id: str, ts: datetime) -> None:
         """Remember an id."""
+        if event_id in self._all:
+            return
         day = ts.date()
         ids = self._days.get(day)
         if ids is None:
             ids = self._days[day] = set()
-        if event_id not in ids:
-            ids.add(event_id)
-            self._size += 1
+        ids.add(event_id)
+        self._all.add(event_id)
 
     def expire(self, now_event_time: datetime) -> None:
         """Drop days beyond the horizon, and oldest days while over the entry cap."""
         oldest_kept = (now_event_time - self.horizon).date()
         for day in sorted(self._days):
-            if day >= oldest_kept and self._size <= self.max_ids:
+            if day >= oldest_kept and len(self._all) <= self.max_ids:
                 break
-            self._size -= len(self._days.pop(day))
+            self._all -= self._days.pop(day)
             cut = datetime.combine(day + timedelta(days=1), datetime.min.time(),
                                    tzinfo=now_event_time.tzinfo)
             if self.watermark is None or cut > self.watermark:

@@ -28,6 +28,8 @@ from pipeline.budgets import BreachKind, Budget, BudgetBreach, breach_id, severi
 from pipeline.events import Money
 
 MIN_HISTORY = timedelta(days=3)
+FIT_POINTS_DAILY = 63  # nine weeks
+FIT_POINTS_HOURLY = 14 * 24
 REPETITIONS = 400
 
 
@@ -172,7 +174,9 @@ def forecast_budget(budget: Budget, history: Sequence[tuple[datetime, Decimal]],
         reason = f"{len(y)} {'daily' if step == timedelta(days=1) else 'hourly'} buckets"
         try:
             half = 28 if step == timedelta(days=1) else 7 * 24
-            paths, wape = _fit_paths(despike(y, half), seasonal, horizon, rng)
+            # recent history carries the level and the season; older points cost fit time
+            keep = FIT_POINTS_DAILY if step == timedelta(days=1) else FIT_POINTS_HOURLY
+            paths, wape = _fit_paths(despike(y, half)[-keep:], seasonal, horizon, rng)
         except Exception as exc:  # statsmodels raises many kinds; any of them -> fallback
             recent = y[-7 * (24 if step < timedelta(days=1) else 1):]
             model, reason = "recent_mean", f"model fit failed ({type(exc).__name__}); " \

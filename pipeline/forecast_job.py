@@ -7,6 +7,7 @@ calling process, which owns the ClickHouse store.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ FORECAST_COLUMNS = (
     "probability_exceed", "backtest_wape", "points_at", "points_p50", "points_lower",
     "points_upper",
 )
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 INLINE_BELOW = 24  # fewer budgets than this: fit in-process (a pool costs ~2 s to start)
 
 
@@ -75,12 +77,22 @@ def fit_all(jobs: Sequence[Job], processes: int = 2,
             progress(i, len(jobs))
         return out
     ctx = multiprocessing.get_context("spawn")  # never fork a process holding chDB
-    with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
-        results = []
-        for i, f in enumerate(pool.map(_run, jobs, chunksize=8), 1):
-            results.append(f)
-            progress(i, len(jobs))
-        return results
+    # one BLAS thread per process: N processes x N BLAS threads on N cores thrash
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: "1" for k in _THREAD_VARS})
+    try:
+        with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+            results = []
+            for i, f in enumerate(pool.map(_run, jobs, chunksize=4), 1):
+                results.append(f)
+                progress(i, len(jobs))
+            return results
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 async def run_forecasts(store: Store, budgets: Iterable[Budget], now: datetime, *,

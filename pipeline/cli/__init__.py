@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--period", default="month", choices=["day", "week", "month"])
     sp.add_argument("--html", metavar="FILE")
 
+    sp = cmd("bench", c.cmd_bench, "run the benchmark suite on the embedded stack")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--quick", action="store_true", help="smaller workloads")
+
     sp = cmd("prices", c.cmd_prices, "the price catalog")
     sp.add_argument("action", choices=["list", "show", "import"])
     sp.add_argument("arg", nargs="?", help="MODEL for show, FILE for import")

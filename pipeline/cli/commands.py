@@ -289,3 +289,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.cli.ops import cmd_report as run
 
     return run(args, settings_from(args))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Benchmarks; figures are ratios against baselines run in the same run."""
+    from pipeline.benchmark.suite import run_all
+
+    result = run_all(progress=lambda s: print(f"bench: {s}", file=sys.stderr), quick=args.quick)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    from pipeline.cli.output import print_rows
+
+    print_rows(["figure", "value"], [[k, v] for k, v in result.items()], "table")
+    return 0

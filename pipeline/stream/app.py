@@ -85,9 +85,9 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     async def publish_dlq(key: str | None, value: bytes) -> None:
         await dlq_topic.send(key=key.encode() if key else None, value=value)
 
-    async def publish_breach(key: str | None, value: bytes) -> None:
-        fut = await breaches_topic.send(key=key.encode() if key else None, value=value)
-        await fut  # a breach is only "published" once the broker has it
+    async def publish_breach(key: str | None, value: bytes) -> Any:
+        # returns the delivery future: the caller awaits all of a batch's deliveries together
+        return await breaches_topic.send(key=key.encode() if key else None, value=value)
 
     async def publish_budget(budget_id: str, value: bytes | None) -> None:
         fut = await budgets_topic.send(key=budget_id.encode(), value=value)
@@ -150,12 +150,20 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
 
     @app.agent(events_topic, name="meter")
     async def meter(stream: Any) -> None:
-        async for events in stream.take_events(settings.take_max, within=settings.take_within_s):
-            batch = [
-                RawMessage(e.message.value, e.message.topic, e.message.partition, e.message.offset)
-                for e in events
-            ]
-            await processor.process(batch)
+        # noack_take: nothing is acked until the batch is durable in ClickHouse (see submit)
+        try:
+            async for events in stream.noack_take(settings.take_max,
+                                                  within=settings.take_within_s):
+                batch = [RawMessage(e.message.value, e.message.topic, e.message.partition,
+                                    e.message.offset) for e in events]
+
+                async def ack(events: Any = events) -> None:
+                    for e in events:
+                        await stream.ack(e)
+
+                await processor.submit(batch, ack)
+        finally:
+            await processor.drain()
 
     async def _assigned(app_: Any, assigned: Any = (), **_: Any) -> None:
         mine = {tp.partition for tp in assigned if tp.topic == events_topic.get_topic_name()}
@@ -167,10 +175,9 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
 
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]  # mode stub too narrow
 
+    from pipeline.web import auth
     from pipeline.web.api import register_ops_view, register_spend_view, register_views
     from pipeline.web.budgets_api import register_budget_views, register_forecast_view
-
-    from pipeline.web import auth
 
     auth.install(app, settings)
     register_views(app, runtime)

@@ -51,6 +51,9 @@ class PeriodSpend:
     end: datetime
     spent: dict[str, Decimal] = field(default_factory=dict)
     fired: set[str] = field(default_factory=set)
+    # per pool: how many leading thresholds are crossed and settled. Spend only grows in a
+    # period, so evaluation starts there instead of re-hashing every crossed threshold.
+    settled: dict[str, int] = field(default_factory=dict)
 
     def add(self, tier: str, amount: Decimal) -> None:
         """Count an amount for the whole budget and for the event's pool."""
@@ -61,11 +64,18 @@ class PeriodSpend:
     def evaluate(self, now: datetime, trigger: str | None) -> list[BudgetBreach]:
         """Breaches newly crossed (whole budget first, then pools); marks them fired."""
         out = []
+        thresholds = self.budget.thresholds
         for pool in ("", *sorted(self.budget.pools)):
             spent = self.spent.get(pool, Decimal(0))
+            done = self.settled.get(pool, 0)
+            if done < len(thresholds) and spent * 100 < thresholds[done] * \
+                    self.budget.pool_limit(pool):
+                continue  # the next threshold is not reached: nothing can fire
             new = evaluate(self.budget, pool, (self.start, self.end), spent, self.fired,
-                           now=now, triggering_event_id=trigger)
+                           now=now, triggering_event_id=trigger, skip=done)
             self.fired.update(b.breach_id for b in new)
+            limit = self.budget.pool_limit(pool)
+            self.settled[pool] = sum(1 for t in thresholds if spent * 100 >= t * limit)
             out.extend(new)
         return out
 

@@ -12,7 +12,7 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -41,6 +41,21 @@ class RawMessage:
 
 
 Publish = Callable[[str | None, bytes], Awaitable[Any]]
+
+
+@dataclass
+class Staged:
+    """A metered batch whose in-memory effects are applied; to be made durable."""
+
+    messages: int = 0
+    events: int = 0
+    duplicates: int = 0
+    late: int = 0
+    rows: list[list[Any]] = field(default_factory=list)
+    dlq_rows: list[list[Any]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    breaches: list[BudgetBreach] = field(default_factory=list)
+    token: str | None = None
 
 
 class Metrics:
@@ -81,70 +96,102 @@ class Processor:
         self.metrics = Metrics()
         self.book = BudgetBook()
         self.tracker = BudgetTracker()
+        self._inflight: asyncio.Future[None] | None = None
         self.lock = asyncio.Lock()  # rebuilds and batches never interleave
 
     async def process(self, batch: Sequence[RawMessage]) -> None:
         """Handle one batch end to end; returns once its effects are durable."""
-        async with self.lock:
-            await self._process(batch)
+        staged = await self.stage(batch)
+        await self.commit(staged)
 
-    async def _process(self, batch: Sequence[RawMessage]) -> None:
+    async def submit(self, batch: Sequence[RawMessage],
+                     on_durable: Callable[[], Awaitable[None]]) -> None:
+        """Pipelined processing: stage this batch while the previous one is being written.
+
+        ``on_durable`` (the agent's acks) runs only after this batch's rows are in ClickHouse,
+        so offsets are never committed ahead of the ledger, even on shutdown or crash.
+        """
+        staged = await self.stage(batch)
+        await self.drain()
+
+        async def commit_then_ack() -> None:
+            await self.commit(staged)
+            await on_durable()
+
+        self._inflight = asyncio.ensure_future(commit_then_ack())
+
+    async def drain(self) -> None:
+        """Wait until the batch in flight (if any) is durable and acked."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
+
+    async def stage(self, batch: Sequence[RawMessage]) -> Staged:
+        """Meter, dedup, classify and count a batch in memory; nothing durable yet."""
+        async with self.lock:
+            return await self._stage(batch)
+
+    async def _stage(self, batch: Sequence[RawMessage]) -> Staged:
+        staged = Staged(messages=len(batch))
         if not batch:
-            return
+            return staged
         now = self.clock()
         candidates: list[tuple[RawMessage, PricedUsage]] = []
-        dead: list[DeadLetter] = []
-        dlq_rows: list[list[Any]] = []
         for msg in batch:
             metered = self.meter.meter_message(
                 msg.value or b"", now=now, source=Source(msg.topic, msg.partition, msg.offset))
             candidates.extend((msg, p) for p in metered.priced)
             for i, d in enumerate(metered.dead):
-                dlq_rows.append(dlq_row(d, i))
-                dead.append(d)
+                staged.dlq_rows.append(dlq_row(d, i))
+                staged.dead.append(d)
         fresh = await self._dedup(candidates)
-        rows: list[list[Any]] = []
-        effects: list[tuple[PartitionState, PricedUsage, bool]] = []
+        touched: dict[int, PartitionState] = {}
         for msg, p in fresh:
             st = self.live.get(msg.partition)
             late = is_late(p.timestamp, st.watermark, self.grace)
             if not late and (st.watermark is None or p.timestamp > st.watermark):
                 st.watermark = p.timestamp
-            rows.append(usage_row(p, late=late, partition=msg.partition, offset=msg.offset,
-                                  ingested_at=now))
-            effects.append((st, p, late))
-        hits = await self._budget_hits([p for _, p in fresh])
-        # the token names exactly this set of rows: a retry of the same insert is dropped by
-        # ClickHouse, while different rows (even at reused offsets) never share a token
-        token = hashlib.blake2b("|".join(p.event_id for _, p in fresh).encode(),
-                                digest_size=16).hexdigest()
-        await self.sink.write(rows, dlq_rows, token=token if rows else None)
-        for st, p, late in effects:
+            staged.rows.append(usage_row(p, late=late, partition=msg.partition,
+                                         offset=msg.offset, ingested_at=now))
+            # memory moves on now: a crash loses memory too, and acks wait for the ledger
             st.dedup.add(p.event_id, p.timestamp)
             if late:
-                self.metrics.late += 1
+                staged.late += 1
             else:
                 st.add(p.tenant_id, p.timestamp, p.total_cost, p.saved_cost,
                        (p.input_tokens, p.cache_read_input_tokens,
                         p.cache_creation_input_tokens, p.output_tokens,
                         p.reasoning_output_tokens), p.value_units)
-        for st in {id(s): s for s, _, _ in effects}.values():
+            touched[msg.partition] = st
+        for st in touched.values():
             st.expire(self.grace)
-        breaches: list[BudgetBreach] = []
-        for ps, tier, amount, event_id in hits:
+        for ps, tier, amount, event_id in await self._budget_hits([p for _, p in fresh]):
             ps.add(tier, amount)
-            breaches.extend(ps.evaluate(now, event_id))
-        if breaches:
-            await self._emit(breaches)
-        if hits:
+            staged.breaches.extend(ps.evaluate(now, event_id))
+        if self.tracker.periods:
             self.tracker.expire(now)
-        for d in dead:
+        # the token names exactly this set of rows: a retry of the same insert is dropped by
+        # ClickHouse, while different rows (even at reused offsets) never share a token
+        if staged.rows:
+            staged.token = hashlib.blake2b("|".join(p.event_id for _, p in fresh).encode(),
+                                           digest_size=16).hexdigest()
+        staged.events = len(fresh)
+        staged.duplicates = len(candidates) - len(fresh)
+        return staged
+
+    async def commit(self, staged: Staged) -> None:
+        """Make a staged batch durable, then publish its dead letters and breaches."""
+        await self.sink.write(staged.rows, staged.dlq_rows, token=staged.token)
+        for d in staged.dead:
             self.metrics.dead[d.reason_code] += 1
             await self.publish_dlq(d.tenant_id, d.model_dump_json().encode())
+        if staged.breaches:
+            await self._emit(staged.breaches)
         m = self.metrics
-        m.messages += len(batch)
-        m.events += len(fresh)
-        m.duplicates += len(candidates) - len(fresh)
+        m.messages += staged.messages
+        m.events += staged.events
+        m.duplicates += staged.duplicates
+        m.late += staged.late
         m.batches += 1
 
     async def _dedup(self, candidates: list[tuple[RawMessage, PricedUsage]]
@@ -158,13 +205,15 @@ class Processor:
                 continue
             in_batch.add(key)
             dedup = self.live.get(msg.partition).dedup
+            if p.event_id in dedup:
+                continue
             if dedup.covers(p.timestamp):
-                if p.event_id not in dedup:
-                    fresh.append((msg, p))
+                fresh.append((msg, p))
             else:
                 unknown.append((msg, p))
         if unknown:
-            # older than what memory covers: the ledger decides
+            # older than what memory covers: the ledger decides, once nothing is in flight
+            await self.drain()
             stored = await asyncio.to_thread(
                 ledger.existing_ids, self.store, [(p.tenant_id, p.event_id) for _, p in unknown])
             fresh.extend(x for x in unknown if (x[1].tenant_id, x[1].event_id) not in stored)
@@ -198,15 +247,18 @@ class Processor:
 
     async def load_period(self, b: Budget, start: datetime, end: datetime) -> PeriodSpend:
         """Track a budget period from the ledger's totals and already-fired breaches."""
+        await self.drain()  # the ledger must hold every batch already counted in memory
         by_tier = await asyncio.to_thread(ledger.period_spend, self.store, b, start, end)
         fired = await asyncio.to_thread(ledger.fired_breaches, self.store, b.budget_id, start)
         return self.tracker.load(b, start, end, by_tier, fired)
 
     async def _emit(self, breaches: list[BudgetBreach]) -> None:
         """Publish first, then mirror: a crash in between repeats a breach_id, never loses it."""
-        for b in breaches:
-            if self.publish_breach is not None:
-                await self.publish_breach(b.tenant_id, b.model_dump_json().encode())
+        if self.publish_breach is not None:
+            # send all, then wait for every acknowledgement at once (not one round trip each)
+            pending = [await self.publish_breach(b.tenant_id, b.model_dump_json().encode())
+                       for b in breaches]
+            await asyncio.gather(*(p for p in pending if p is not None))
         await self.sink.write_breaches([breach_row(b) for b in breaches])
         self.metrics.breaches += len(breaches)
 
@@ -249,6 +301,7 @@ class Processor:
         """Rebuild live state of newly assigned partitions from the ledger, then catch up
         on breaches their budgets crossed while no worker owned them."""
         async with self.lock:
+            await self.drain()
             await asyncio.to_thread(self.live.rebuild, self.store, partitions, self.clock())
             now = self.clock()
             for b in list(self.book.budgets.values()):

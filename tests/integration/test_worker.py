@@ -184,6 +184,14 @@ def test_worker_meters_exactly_and_survives_sigkill(settings: Settings) -> None:
             assert body["window_end"] > body["window_start"]
         dlq = asyncio.run(read_dlq(settings, 2))
         assert {d["reason_code"] for d in dlq} == {"invalid_json", "unknown_model"}
+        # a clean stop commits the acked offsets: a restart replays nothing
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        proc = start_worker(settings)
+        wait_ready(settings, proc)
+        time.sleep(3.0)
+        metrics = urllib.request.urlopen(f"{settings.web_url}/metrics", timeout=5).read().decode()
+        assert "tokenmeter_messages_total 0\n" in metrics, metrics
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
