@@ -172,7 +172,8 @@ def latency_and_decisions(rate: float = 1000.0, seconds: float = 20.0,
                 producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1)
                 consumer = AIOKafkaConsumer(f"{prefix}budget-breaches",
                                             bootstrap_servers=broker.bootstrap,
-                                            auto_offset_reset="latest", group_id=None)
+                                            auto_offset_reset="latest", group_id=None,
+                                            fetch_max_wait_ms=10)
                 await producer.start()
                 await consumer.start()
                 await asyncio.sleep(1.0)

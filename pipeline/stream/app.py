@@ -47,6 +47,21 @@ class Runtime:
         return self.assigned and self.budgets_loaded.is_set()
 
 
+def tune_fetch_wait(app: Any, ms: int) -> None:
+    """Lower the consumer's fetch wait (Faust hard-codes 1500 ms).
+
+    A fetch returns early only once `fetch_min_bytes` arrive; the embedded broker tends to
+    hold it for the full wait, which was most of the produce-to-breach latency (measured:
+    p50 127 ms per hop at 500 ms, 4.5 ms at 10 ms). Faust offers no setting, hence this.
+    """
+    try:
+        fetcher = app.consumer._thread._consumer._fetcher
+    except AttributeError:
+        log.warning("could not tune the consumer fetch wait (Faust internals changed)")
+        return
+    fetcher._fetch_max_wait_ms = ms
+
+
 def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValuePolicy) -> Runtime:
     """Create the Faust app, its topics, agents and web views for one worker."""
     app = faust.App(
@@ -166,6 +181,7 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
             await processor.drain()
 
     async def _assigned(app_: Any, assigned: Any = (), **_: Any) -> None:
+        tune_fetch_wait(app, settings.fetch_max_wait_ms)
         mine = {tp.partition for tp in assigned if tp.topic == events_topic.get_topic_name()}
         held = set(live.partitions)
         live.revoke(held - mine)
