@@ -137,7 +137,8 @@ def _http(url: str, method: str = "GET", body: Any = None) -> Any:
 
 
 def latency_and_decisions(rate: float = 1000.0, seconds: float = 20.0,
-                          progress: Progress = lambda s: None) -> dict[str, float]:
+                          progress: Progress = lambda s: None,
+                          envelopes: bool = False) -> dict[str, float]:
     """Produce-to-breach latency at a steady rate, and decision API latency."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -191,6 +192,7 @@ def latency_and_decisions(rate: float = 1000.0, seconds: float = 20.0,
                 n = 0
                 while time.perf_counter() - t0 < seconds:
                     due = int((time.perf_counter() - t0) * rate)
+                    tick: dict[str, list[dict[str, Any]]] = {}
                     while n < due:
                         tenant = rng.choice(tenants)
                         eid = f"lat-{n}"
@@ -198,9 +200,14 @@ def latency_and_decisions(rate: float = 1000.0, seconds: float = 20.0,
                              "tenant_id": tenant, "provider": "openai", "model": "gpt-4o-mini",
                              "input_tokens": 100, "output_tokens": 0}
                         sent[eid] = time.perf_counter()
-                        await producer.send(f"{prefix}usage-events", json.dumps(e).encode(),
-                                            key=tenant.encode())
+                        tick.setdefault(tenant, []).append(e)
                         n += 1
+                    for tenant, group in tick.items():
+                        # envelopes: what the SDK sends (one per tenant per few ms)
+                        values = [group] if envelopes else group
+                        for value in values:
+                            await producer.send(f"{prefix}usage-events",
+                                                json.dumps(value).encode(), key=tenant.encode())
                     await asyncio.sleep(0.002)
                 await asyncio.sleep(3.0)
                 task.cancel()
