@@ -54,7 +54,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     banner = (f"tokenmeter up: Kafka {settings.kafka_bootstrap} "
               f"({'external' if args.kafka else 'embedded'}), ClickHouse {settings.dsn}, "
-              f"dashboard/API {settings.web_url}; Ctrl-C stops")
+              f"API {settings.web_url}; Ctrl-C stops")
     return run_worker(settings, embedded_broker=args.kafka is None, demo=args.demo,
                       demo_rate=args.demo_rate, banner=banner)
 
