@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -63,6 +64,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # a billing record with two "input_tokens" is ambiguous: refuse it, never pick one
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        counts = Counter(k for k, _ in pairs)
+        dupes = sorted(k for k, n in counts.items() if n > 1)
+        raise ValueError(f"duplicate key(s) {', '.join(map(repr, dupes))[:200]}")
+    return obj
+
+
 def decode_message(raw: bytes | str) -> list[Any] | Rejected:
     """Parse one message value into a list of event candidates, or reject it whole."""
     size = len(raw)
@@ -70,7 +81,8 @@ def decode_message(raw: bytes | str) -> list[Any] | Rejected:
         return Rejected("too_large", f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant,
+                         object_pairs_hook=_no_duplicate_keys)
     except RecursionError:
         return Rejected("invalid_json", "JSON nested too deeply")
     except (UnicodeDecodeError, ValueError) as exc:

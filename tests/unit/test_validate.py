@@ -104,6 +104,8 @@ def test_text_instead_of_counts_is_valid() -> None:
         (b'{"a": Infinity}', "invalid_json"),
         (b"[" * 100000 + b"]" * 100000, "invalid_json"),
         (b"[]", "schema"),
+        (b'{"event_id": "a", "input_tokens": 1000, "input_tokens": 1}', "invalid_json"),
+        (b'[{"a": 1, "a": 2}]', "invalid_json"),
         (json.dumps([BASE] * 1001).encode(), "too_large"),
         (b" " * (MAX_MESSAGE_BYTES + 1), "too_large"),
     ],
