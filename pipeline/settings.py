@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(default=20, ge=0, le=5000)
     grace_s: float = Field(default=3600.0, ge=0, description="late-event grace period")
     dedup_horizon_days: float = Field(default=7.0, gt=0)
-    dedup_max_ids: int = Field(default=2_000_000, ge=1000)
+    dedup_max_ids: int = Field(default=500_000, ge=1000, description="per partition")
     forecast_interval_s: float = Field(default=3600.0, gt=0,
                                        description="worker's built-in forecast schedule")
     status_interval_s: float = Field(default=60.0, gt=0,

@@ -82,6 +82,8 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
         web_port=settings.web_port,
         web_in_thread=False,
         stream_wait_empty=False,
+        # bounded memory under a burst: Faust stops fetching once this many messages wait
+        stream_buffer_maxsize=1000,
         producer_linger=0.005,
         logging_config=None,
     )

@@ -1,0 +1,48 @@
+"""Real OpenTelemetry SDK spans become usage events on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from pipeline.integrations.otel import UsageSpanProcessor
+from pipeline.sdk import UsageProducer
+from pipeline.settings import Settings
+from pipeline.stream.topics import ensure_topics
+from tests.integration.test_sdk import read_all
+
+pytestmark = pytest.mark.integration
+
+
+def test_genai_spans_become_usage_events(settings: Settings) -> None:
+    asyncio.run(ensure_topics(settings))
+    producer = UsageProducer(settings.kafka_bootstrap, topic=settings.topic("usage-events"))
+    processor = UsageSpanProcessor(producer, default_tenant="acme")
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("chat gpt-4o") as span:
+        span.set_attributes({"gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
+                             "gen_ai.response.model": "gpt-4o-2024-08-06",
+                             "gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 120,
+                             "gen_ai.usage.output_tokens": 30,
+                             "gen_ai.usage.cache_read.input_tokens": 100,
+                             "tenant.id": "globex"})
+        trace_id = span.get_span_context().trace_id
+    with tracer.start_as_current_span("not an llm call"):
+        pass
+    with tracer.start_as_current_span("bad") as span:  # unknown model: skipped, not raised
+        span.set_attributes({"gen_ai.system": "x", "gen_ai.request.model": "nope",
+                             "gen_ai.usage.input_tokens": 1, "gen_ai.usage.output_tokens": 1})
+    provider.force_flush()
+    producer.close()
+    assert (processor.recorded, processor.skipped) == (1, 1)
+    messages = asyncio.run(read_all(settings, 1))
+    event = messages[0][1]
+    assert messages[0][0] == "globex"
+    assert event["tenant_id"] == "globex" and event["model"] == "gpt-4o-2024-08-06"
+    assert (event["input_tokens"], event["output_tokens"], event["cache_read_input_tokens"]) == (120, 30, 100)
+    assert event["event_id"].startswith(f"otel-{trace_id:032x}")
+    assert event["trace_id"] == f"{trace_id:032x}" and event["feature"] == "chat"
