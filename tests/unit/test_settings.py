@@ -82,3 +82,27 @@ def test_http_dsn_is_not_embedded() -> None:
 
 def test_topic_prefix() -> None:
     assert Settings(topic_prefix="x-").topic("usage-events") == "x-usage-events"
+
+
+def test_kafka_security_options() -> None:
+    import ssl
+
+    from pipeline.stream.topics import kafka_client_options
+
+    plain = kafka_client_options(load_settings(kafka_bootstrap="k:9092"))
+    assert plain == {"bootstrap_servers": "k:9092"}
+    s = load_settings(kafka_bootstrap="k:9093", kafka_security_protocol="SASL_SSL",
+                      kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="svc",
+                      kafka_sasl_password="p4ss")
+    opts = kafka_client_options(s)
+    assert opts["security_protocol"] == "SASL_SSL"
+    assert isinstance(opts["ssl_context"], ssl.SSLContext)
+    assert (opts["sasl_mechanism"], opts["sasl_plain_username"],
+            opts["sasl_plain_password"]) == ("SCRAM-SHA-512", "svc", "p4ss")
+    assert "p4ss" not in repr(s) and "p4ss" not in str(s.model_dump())
+
+
+def test_clickhouse_tls_dsn() -> None:
+    d = parse_dsn("https://analyst@ch.internal:8443/tokenmeter")
+    assert (d.scheme, d.host, d.port, d.username, d.database) == (
+        "https", "ch.internal", 8443, "analyst", "tokenmeter")
