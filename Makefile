@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline tests bench
+	$(VENV)/bin/ruff check pipeline tests bench examples
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
