@@ -18,6 +18,15 @@ from pipeline.store.migrations import migrate
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+def process_gone(pid: int) -> bool:
+    """True when the process has exited (a zombie counts: it runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line for line in f)
+    except FileNotFoundError:
+        return True
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS, free_port
+from tests.conftest import ARTIFACTS, free_port, process_gone
 
 pytestmark = pytest.mark.e2e
 TM = [sys.executable, "-m", "pipeline.cli"]
@@ -41,14 +41,6 @@ def _health(port: int) -> int:
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return any(line.startswith("State:") and "Z" in line for line in f)
-    except FileNotFoundError:
-        return True
 
 
 def test_up_simulate_query_stop(tmp_path: Path) -> None:
@@ -104,7 +96,7 @@ def test_up_simulate_query_stop(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         stop_s = time.monotonic() - stop_started
-        assert all(_gone(c) for c in children), "broker child left behind"
+        assert all(process_gone(c) for c in children), "broker child left behind"
         for port in (kafka_port, web_port):
             with socket.socket() as s:
                 assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"

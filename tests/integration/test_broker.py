@@ -13,17 +13,9 @@ from pipeline.broker import EmbeddedBroker, port_free, reachable
 from pipeline.errors import BrokerError
 from pipeline.settings import load_settings
 from pipeline.stream.topics import ensure_topics
-from tests.conftest import free_port
+from tests.conftest import free_port, process_gone
 
 pytestmark = pytest.mark.integration
-
-
-def _dead(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return any(line.startswith("State:") and "Z" in line for line in f)
-    except FileNotFoundError:
-        return True
 
 
 def test_start_stop_frees_port() -> None:
@@ -57,13 +49,13 @@ def test_broker_dies_with_its_parent_even_on_sigkill() -> None:
     """)
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
-    assert not _dead(child)
+    assert not process_gone(child)
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 10
-    while not _dead(child) and time.monotonic() < deadline:
+    while not process_gone(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _dead(child), "broker outlived its SIGKILLed parent"
+    assert process_gone(child), "broker outlived its SIGKILLed parent"
 
 
 def test_ensure_topics(broker: EmbeddedBroker, topic_prefix: str) -> None:
