@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
@@ -181,7 +181,3 @@ class DeadLetter(BaseModel):
     tenant_id: str | None = None
     received_at: datetime
 
-
-def event_json_schema() -> dict[str, Any]:
-    """JSON Schema of UsageEvent (validation mode)."""
-    return UsageEvent.model_json_schema()

@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter
 
+from pipeline.budgets import Budget, BudgetBreach
 from pipeline.events import DeadLetter, PricedUsage, UsageEvent
+from pipeline.forecast import Forecast
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -24,11 +26,6 @@ def message_models() -> dict[str, Any]:
         "priced_usage": PricedUsage,
         "dead_letter": DeadLetter,
     }
-    try:
-        from pipeline.budgets import Budget, BudgetBreach
-        from pipeline.forecast import Forecast
-    except ImportError:  # pragma: no cover - during bootstrap of the package only
-        return models
     models.update(budget=Budget, budget_breach=BudgetBreach, forecast=Forecast)
     return models
 

@@ -106,9 +106,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def run_query(settings: Settings, sql: str) -> tuple[list[str], list[list[Any]]]:
     """Run a read-only query: via a running worker's API if it holds the store, else directly."""
-    from pipeline.stream.worker import running_worker
+    from pipeline.stream.worker import worker_holding_store
 
-    info = running_worker(settings) if settings.embedded_store else None
+    info = worker_holding_store(settings)
     if info is not None:
         from pipeline.web.client import post_json
 

@@ -73,9 +73,9 @@ async def _publisher(settings: Settings) -> tuple[Any, Any]:
 
 def cmd_forecast(args: argparse.Namespace, settings: Settings) -> int:
     """Run once; print a table or one JSON object per budget."""
-    from pipeline.stream.worker import running_worker
+    from pipeline.stream.worker import worker_holding_store
 
-    info = running_worker(settings) if settings.embedded_store else None
+    info = worker_holding_store(settings)
     if info is not None:
         from pipeline.web.client import post_json
 

@@ -15,9 +15,9 @@ from pipeline.settings import Settings
 
 def run_op(settings: Settings, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """Run an operation through the running worker (embedded store) or in this process."""
-    from pipeline.stream.worker import running_worker
+    from pipeline.stream.worker import worker_holding_store
 
-    info = running_worker(settings) if settings.embedded_store else None
+    info = worker_holding_store(settings)
     if info is not None:
         from pipeline.web.client import post_json
 

@@ -96,10 +96,6 @@ class Sink:
         self.seconds += time.perf_counter() - started
         self.rows_written += len(usage)
 
-    async def write_breaches(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Mirror breaches to ClickHouse, retrying until durable."""
-        await self._retry(lambda: self.store.insert("budget_breaches", rows, BREACH_COLUMNS))
-
     async def write_rows(self, table: str, rows: Sequence[Sequence[Any]],
                          columns: Sequence[str]) -> None:
         """Insert rows into any ledger table, retrying until durable."""

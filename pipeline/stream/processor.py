@@ -23,7 +23,7 @@ from pipeline.meter import Meter, Source
 from pipeline.spend import is_late
 from pipeline.store import state as ledger
 from pipeline.store.client import Store
-from pipeline.store.sink import Sink, breach_row, dlq_row, usage_row
+from pipeline.store.sink import BREACH_COLUMNS, Sink, breach_row, dlq_row, usage_row
 from pipeline.stream.budget_state import BudgetBook, BudgetTracker, PeriodSpend
 from pipeline.stream.live import LiveState, PartitionState
 
@@ -259,7 +259,8 @@ class Processor:
             pending = [await self.publish_breach(b.tenant_id, b.model_dump_json().encode())
                        for b in breaches]
             await asyncio.gather(*(p for p in pending if p is not None))
-        await self.sink.write_breaches([breach_row(b) for b in breaches])
+        await self.sink.write_rows("budget_breaches", [breach_row(b) for b in breaches],
+                                   BREACH_COLUMNS)
         self.metrics.breaches += len(breaches)
 
     async def evaluate_budget(self, budget: Budget, now: datetime) -> list[BudgetBreach]:

@@ -42,6 +42,14 @@ def running_worker(settings: Settings) -> dict[str, Any] | None:
     return info
 
 
+def worker_holding_store(settings: Settings) -> dict[str, Any] | None:
+    """The running worker the CLI must go through: chDB opens a data dir in one process only.
+
+    None for a ClickHouse server (every process may connect) or when no worker runs.
+    """
+    return running_worker(settings) if settings.embedded_store else None
+
+
 def _prepare_data_dir(settings: Settings) -> None:
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
