@@ -4,7 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: .venv demo test lint typecheck bench clean
+.PHONY: .venv demo test lint typecheck bench clean system-deps
+
+# Debian packages the test suite drives for real: kcat (interop), chromium (dashboard tests)
+SYSTEM_BINS := /usr/bin/kcat /usr/bin/chromium
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
 
 .venv: $(STAMP)
 
@@ -17,7 +21,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tokenmeter up --demo
 
-test: $(STAMP)
+system-deps:
+	@for b in $(SYSTEM_BINS); do test -x $$b || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: kcat chromium"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $(SUDO) apt-get install -y -qq --no-install-recommends kcat chromium >/dev/null; \
+	fi
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -15,6 +15,9 @@ from pipeline.settings import Settings, load_settings
 from pipeline.store.client import Store, open_store
 from pipeline.store.migrations import migrate
 
+# LiteLLM fetches its price map from GitHub at import unless told to use its bundled copy
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
