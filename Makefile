@@ -4,7 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: .venv demo test lint typecheck bench clean system-deps
+.PHONY: .venv demo test lint typecheck bench clean system-deps assets
+
+# Chart.js for the dashboard, from the npm registry (dashboard/package-lock.json), copied
+# next to the page; generated, not committed
+CHART := pipeline/web/static/vendor/chart.umd.min.js
 
 # Debian packages the test suite drives for real: kcat (interop), chromium (dashboard tests)
 SYSTEM_BINS := /usr/bin/kcat /usr/bin/chromium
@@ -18,7 +22,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+assets: $(CHART)
+
+$(CHART): dashboard/package-lock.json
+	cd dashboard && npm ci --no-audit --no-fund --silent
+	mkdir -p $(dir $(CHART))
+	cp dashboard/node_modules/chart.js/dist/chart.umd.min.js $(CHART)
+	cp dashboard/node_modules/chart.js/LICENSE.md $(dir $(CHART))chart.js.LICENSE.md
+
+demo: $(STAMP) $(CHART)
 	$(VENV)/bin/tokenmeter up --demo
 
 system-deps:
@@ -29,7 +41,7 @@ system-deps:
 	    $(SUDO) apt-get install -y -qq --no-install-recommends kcat chromium >/dev/null; \
 	fi
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps $(CHART)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -40,4 +52,4 @@ bench: $(STAMP)
 	$(VENV)/bin/tokenmeter bench
 
 clean:
-	rm -rf $(VENV) .tokenmeter .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) dashboard/node_modules pipeline/web/static/vendor .tokenmeter .pytest_cache .mypy_cache .ruff_cache

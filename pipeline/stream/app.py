@@ -196,6 +196,7 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     from pipeline.web import auth
     from pipeline.web.api import register_ops_view, register_spend_view, register_views
     from pipeline.web.budgets_api import register_budget_views, register_forecast_view
+    from pipeline.web.dashboard import register_dashboard
 
     auth.install(app, settings)
     register_views(app, runtime)
@@ -203,4 +204,5 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     register_budget_views(app, runtime)
     register_forecast_view(app, runtime)
     register_ops_view(app, runtime)
+    register_dashboard(app, runtime)
     return runtime

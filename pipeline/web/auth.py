@@ -10,7 +10,10 @@ from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-OPEN_PATHS = {"/health", "/metrics"}  # probes; they reveal no tenant data
+# the dashboard's page, script, style and Chart.js: no data in them; the data they fetch
+# comes from /api routes, which need the token
+PAGE_PATHS = {"/", "/static/app.js", "/static/style.css", "/static/vendor/chart.umd.min.js"}
+OPEN_PATHS = {"/health", "/metrics"} | PAGE_PATHS  # probes and the page; no tenant data
 
 
 def check_bind(settings: Settings) -> None:

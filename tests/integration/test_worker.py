@@ -205,8 +205,15 @@ def test_api_token_guards_every_api_route(settings: Settings, tmp_path) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(s, proc)  # /health stays open for probes
-        for path in ("/api/budgets", "/api/tenants/x/spend", "/api/breaches"):
-            assert get(s, path)[0] == 401
+        for path in ("/api/budgets", "/api/tenants/x/spend", "/api/breaches",
+                     "/api/dashboard/overview", "/api/dashboard/budgets",
+                     "/api/dashboard/tenants/x", "/api/dashboard/breaches"):
+            assert get(s, path)[0] == 401, path
+        # the dashboard page and its script hold no data: open, like the probes
+        for path in ("/", "/static/app.js"):
+            with urllib.request.urlopen(f"{s.web_url}{path}", timeout=5) as r:
+                assert r.status == 200
+        assert get(s, "/static/../settings.py")[0] in (401, 404)
         req = urllib.request.Request(f"{s.web_url}/api/budgets",
                                      headers={"Authorization": "Bearer s3cret"})
         with urllib.request.urlopen(req, timeout=5) as r:
