@@ -80,6 +80,7 @@ class ForecastLine:
     model: str
     reason: str
     run_at: datetime
+    spent: Decimal  # period-to-date when the forecast ran: where its paths start
     predicted_spend: Decimal | None
     lower: Decimal | None
     upper: Decimal | None
@@ -115,7 +116,8 @@ def burn_down(budget: Budget, start: datetime, end: datetime, spent: Decimal,
     if forecast is not None:
         out["forecast"] = {
             "model": forecast.model, "reason": forecast.reason,
-            "run_at": forecast.run_at.isoformat(),
+            "run_at": forecast.run_at.isoformat(), "run_at_ms": _ms(forecast.run_at),
+            "spent_at_run": _money(forecast.spent),
             "predicted_spend": _money(forecast.predicted_spend),
             "lower": _money(forecast.lower), "upper": _money(forecast.upper),
             "probability_exceed": _money(forecast.probability_exceed),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 # (provider, model, weight): a plausible production mix across providers
@@ -80,3 +81,30 @@ class Simulator:
         if rng.random() < 0.03:
             event["service_tier"] = "batch"
         return event
+
+    def history(self, now: datetime, days: int, per_hour: float) -> list[dict[str, Any]]:
+        """Backdated traffic for the last ``days`` days: a working-hours curve, quieter weekends
+        and a slow upward trend, ``per_hour`` events in an average weekday hour."""
+        start = (now - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
+        out = []
+        hour = start
+        while hour < now:
+            weekend = 0.35 if hour.weekday() >= 5 else 1.0
+            daytime = 0.3 + 1.4 * math.exp(-((hour.hour - 14) ** 2) / 18)
+            growth = 0.7 + 0.6 * (hour - start) / (now - start)
+            n = _poisson(self.rng, per_hour * weekend * daytime * growth)
+            for _ in range(n):
+                at = hour + timedelta(seconds=self.rng.randrange(3600))
+                if at < now:
+                    out.append(self.event(at))
+            hour += timedelta(hours=1)
+        return out
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    """Poisson draw by inversion (small means only; random.Random has no poisson)."""
+    limit, k, p = math.exp(-mean), 0, rng.random()
+    while p > limit:
+        k += 1
+        p *= rng.random()
+    return k

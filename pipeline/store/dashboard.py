@@ -95,8 +95,9 @@ def latest_forecasts(store: Store, budgets: list[Budget],
     if not budgets:
         return {}
     rows = store.rows(
-        "SELECT budget_id, period_start, argMax(tuple(model, reason, run_at, predicted_spend, "
-        "lower, upper, probability_exceed, points_at, points_p50, points_lower, points_upper), "
+        "SELECT budget_id, period_start, argMax(tuple(model, reason, run_at, spent, "
+        "predicted_spend, lower, upper, probability_exceed, points_at, points_p50, "
+        "points_lower, points_upper), "
         f"run_at) FROM {store.database}.forecasts WHERE budget_id IN %(ids)s "
         "GROUP BY budget_id, period_start",
         parameters={"ids": [b.budget_id for b in budgets]})
@@ -104,9 +105,10 @@ def latest_forecasts(store: Store, budgets: list[Budget],
     for budget_id, period_start, latest in rows:
         if _utc(period_start) != starts.get(budget_id):
             continue
-        model, reason, run_at, p50, lower, upper, prob, at, mid, lo, hi = latest
+        model, reason, run_at, spent, p50, lower, upper, prob, at, mid, lo, hi = latest
         out[budget_id] = ForecastLine(
-            model=model, reason=reason, run_at=_utc(run_at), predicted_spend=p50, lower=lower,
+            model=model, reason=reason, run_at=_utc(run_at), spent=spent, predicted_spend=p50,
+            lower=lower,
             upper=upper, probability_exceed=prob,
             points=[(_utc(a), m, low, high) for a, m, low, high in zip(at, mid, lo, hi,
                                                                         strict=True)])

@@ -9,7 +9,6 @@ import os
 import sys
 import time
 from contextlib import suppress
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,10 @@ from pipeline.broker import EmbeddedBroker, port_free
 from pipeline.catalog import load_catalog_with_overlays
 from pipeline.errors import BrokerError, ConfigError, StoreError
 from pipeline.scoring import load_policy
-from pipeline.settings import TOPIC_EVENTS, Settings
+from pipeline.settings import Settings
 from pipeline.store.client import Store, open_store
 from pipeline.store.migrations import migrate
-from pipeline.stream.topics import ensure_topics, kafka_client_options
+from pipeline.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 WORKER_FILE = "worker.json"
@@ -93,7 +92,9 @@ def run_worker(settings: Settings, *, embedded_broker: bool = False, demo: bool 
         runtime = build_app(settings, store, load_catalog_with_overlays(settings.prices_dir),
                             load_policy())
         if demo:
-            _add_demo_traffic(runtime.app, settings, demo_rate)
+            from pipeline.stream.demo import add_demo_traffic
+
+            add_demo_traffic(runtime, settings, demo_rate)
         if banner:
             print(banner, file=sys.stderr, flush=True)
         info = {"pid": os.getpid(), "url": settings.web_url, "started_at": time.time()}
@@ -113,29 +114,6 @@ def run_worker(settings: Settings, *, embedded_broker: bool = False, demo: bool 
             store.close()
         if broker is not None:
             broker.stop()
-
-
-def _add_demo_traffic(app: Any, settings: Settings, rate: float) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    from pipeline.simulate import Simulator
-
-    async def demo_traffic() -> None:
-        sim = Simulator(tenants=50, seed=7)
-        producer = AIOKafkaProducer(linger_ms=20, **kafka_client_options(settings))
-        await producer.start()
-        topic = settings.topic(TOPIC_EVENTS)
-        try:
-            while True:
-                now = datetime.now(timezone.utc)
-                batch = [sim.event(now) for _ in range(max(1, int(rate / 10)))]
-                await producer.send(topic, json.dumps(batch).encode(),
-                                    key=batch[0]["tenant_id"].encode())
-                await asyncio.sleep(0.1)
-        finally:
-            await producer.stop()
-
-    app.task(demo_traffic)
 
 
 __all__ = ["run_worker", "running_worker", "BrokerError", "StoreError"]

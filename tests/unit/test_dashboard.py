@@ -84,7 +84,7 @@ def test_per_minute_fills_gaps_and_ends_with_the_current_minute() -> None:
 
 def test_burn_down_json() -> None:
     b = budget(thresholds=[50, 100])
-    fc = ForecastLine("ets_damped", "", T0, D("120"), D("90"), D("150"), D("0.83"),
+    fc = ForecastLine("ets_damped", "", T0, D("30"), D("120"), D("90"), D("150"), D("0.83"),
                       [(T0 + H, D("60"), D("55"), D("65"))])
     out = burn_down(b, T0, T0 + 24 * H, D("40"), [(T0, D(0)), (T0 + H, D("40"))], fc)
     assert out["status"] == "forecast" and out["percent"] == "40"
@@ -93,5 +93,7 @@ def test_burn_down_json() -> None:
     assert out["actual"][1] == [int((T0 + H).timestamp() * 1000), "40"]
     assert out["forecast"]["points"] == [[int((T0 + H).timestamp() * 1000), "60", "55", "65"]]
     assert out["forecast"]["probability_exceed"] == "0.83"
+    assert (out["forecast"]["run_at_ms"], out["forecast"]["spent_at_run"]) == (
+        int(T0.timestamp() * 1000), "30")
     none = burn_down(b, T0, T0 + 24 * H, D("0"), [], None)
     assert none["forecast"] is None and none["status"] == "ok"

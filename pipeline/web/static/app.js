@@ -232,6 +232,7 @@ function bars(id, labels, values, colour, label, horizontal = false) {
   if (!host.querySelector("canvas")) host.innerHTML = canvas(id + "-c", label);
   chart(id + "-c", { type: "bar", data: { labels, datasets: [{ label, data: values,
     backgroundColor: colour }] }, options: { indexAxis: horizontal ? "y" : "x",
+    scales: horizontal ? { y: { ticks: { autoSkip: false } } } : {},
     plugins: { legend: { display: false } } } });
 }
 
@@ -240,17 +241,17 @@ function burnDown(b) {
   document.getElementById("bs-" + b.budget_id).innerHTML = `${badge(b.status)}
     ${fmtMetric(b, b.spent)} of ${fmtMetric(b, b.limit)} (${num(b.percent).toFixed(1)}%),
     period ${when(b.period_start)} to ${when(b.period_end)}${f ? `; forecast (${esc(f.model)})
-    ${f.predicted_spend !== null ? `p50 ${fmtMetric(b, f.predicted_spend)}, 80% interval
+    ${f.predicted_spend !== null ? `p50 ${fmtMetric(b, f.predicted_spend)}, p10–p90
     ${fmtMetric(b, f.lower)}–${fmtMetric(b, f.upper)}, P(over limit) ${num(f.probability_exceed)
-      .toFixed(2)}` : `none: ${esc(f.reason)}`}` : "; no forecast yet"}`;
+      .toFixed(2)}, made ${when(f.run_at)}` : `none: ${esc(f.reason)}`}` : "; no forecast yet"}`;
   const xy = (pts, i = 1) => pts.map((p) => ({ x: p[0], y: num(p[i]) }));
   const edge = [{ x: b.start_ms }, { x: b.end_ms }];
   const datasets = [{ label: "actual", data: xy(b.actual), borderColor: C.blue,
     backgroundColor: C.blue, borderWidth: 3, pointRadius: 0 }];
   const pts = f && f.points && f.points.length ? f.points : [];
   if (pts.length) {
-    const last = b.actual.length ? b.actual[b.actual.length - 1] : [b.start_ms, "0"];
-    const joint = [last[0], last[1], last[1], last[1]];
+    // paths start where the ledger stood when the forecast ran (at most an hour ago)
+    const joint = [f.run_at_ms, f.spent_at_run, f.spent_at_run, f.spent_at_run];
     datasets.push(
       { label: "forecast p10–p90", data: xy([joint, ...pts], 2), borderColor: "transparent",
         backgroundColor: "rgba(86,180,233,0.25)", pointRadius: 0, fill: "+1" },
