@@ -125,10 +125,10 @@ async def run_local(settings: Settings, name: str, body: dict[str, Any]) -> dict
             from aiokafka import AIOKafkaProducer
 
             from pipeline.settings import TOPIC_EVENTS
-            from pipeline.stream.topics import ensure_topics, kafka_client_options
+            from pipeline.stream.topics import ensure_topics, kafka_producer_options
 
             await ensure_topics(settings)
-            producer = AIOKafkaProducer(**kafka_client_options(settings))
+            producer = AIOKafkaProducer(**kafka_producer_options(settings))
             await producer.start()
             topic = settings.topic(TOPIC_EVENTS)
             sender = producer

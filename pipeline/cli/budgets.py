@@ -15,7 +15,7 @@ from pipeline.budgets import Budget
 from pipeline.errors import BrokerError, ConfigError
 from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, Settings
 from pipeline.stream.budget_feed import decode_budget
-from pipeline.stream.topics import ensure_topics, kafka_client_options
+from pipeline.stream.topics import ensure_topics, kafka_client_options, kafka_producer_options
 from pipeline.web.budgets_api import validation_message
 
 SCOPES = ("project_id", "user_id", "feature", "model", "task_type")
@@ -60,7 +60,7 @@ async def _send(settings: Settings, key: str, value: bytes | None) -> None:
     from aiokafka import AIOKafkaProducer
 
     await ensure_topics(settings)
-    producer = AIOKafkaProducer(**kafka_client_options(settings))
+    producer = AIOKafkaProducer(**kafka_producer_options(settings))
     try:
         await producer.start()
         await producer.send_and_wait(settings.topic(TOPIC_BUDGETS), value, key=key.encode())

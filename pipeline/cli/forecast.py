@@ -53,9 +53,9 @@ def _direct(settings: Settings, budget_id: str | None) -> dict[str, Any]:
 async def _publisher(settings: Settings) -> tuple[Any, Any]:
     from aiokafka import AIOKafkaProducer
 
-    from pipeline.stream.topics import kafka_client_options
+    from pipeline.stream.topics import kafka_producer_options
 
-    producer = AIOKafkaProducer(**kafka_client_options(settings))
+    producer = AIOKafkaProducer(**kafka_producer_options(settings))
     try:
         await producer.start()
     except Exception as exc:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.errors import BrokerError
 from pipeline.settings import TOPIC_EVENTS, Settings
-from pipeline.stream.topics import ensure_topics, kafka_client_options
+from pipeline.stream.topics import ensure_topics, kafka_producer_options
 
 
 async def _producer(settings: Settings) -> Any:
@@ -20,7 +20,7 @@ async def _producer(settings: Settings) -> Any:
 
     await ensure_topics(settings)
     producer = AIOKafkaProducer(linger_ms=5, max_request_size=2 * 1024 * 1024,
-                                **kafka_client_options(settings))
+                                **kafka_producer_options(settings))
     try:
         await producer.start()
     except (KafkaError, OSError) as exc:

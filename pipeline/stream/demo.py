@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from pipeline.budgets import Budget, Period, period_bounds
 from pipeline.settings import TOPIC_EVENTS, Settings
 from pipeline.simulate import Simulator
-from pipeline.stream.topics import kafka_client_options
+from pipeline.stream.topics import kafka_producer_options
 
 log = logging.getLogger(__name__)
 HISTORY_DAYS = 21
@@ -48,7 +48,7 @@ def add_demo_traffic(runtime: Any, settings: Settings, rate: float) -> None:
     async def demo() -> None:
         while not runtime.ready:
             await asyncio.sleep(0.2)
-        producer = AIOKafkaProducer(linger_ms=20, **kafka_client_options(settings))
+        producer = AIOKafkaProducer(linger_ms=20, **kafka_producer_options(settings))
         await producer.start()
         topic = settings.topic(TOPIC_EVENTS)
         try:

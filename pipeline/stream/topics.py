@@ -33,6 +33,14 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+def kafka_producer_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka producer options: connection plus the configured compression."""
+    opts = kafka_client_options(settings)
+    if settings.producer_compression != "none":
+        opts["compression_type"] = settings.producer_compression
+    return opts
+
+
 async def ensure_topics(settings: Settings, timeout: float = 10.0) -> list[str]:
     """Create usage-events, usage-events-dlq, budgets (compacted), budget-breaches if missing."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
