@@ -64,8 +64,10 @@ async def publish(kafka: str, topic: str, n: int, compression: str, url: str,
     from aiokafka import AIOKafkaProducer
 
     options = {} if compression == "none" else {"compression_type": compression}
+    # the SDK's producer settings: 1 MiB record batches, compressed as configured
     producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=20,
-                                max_request_size=4 * 1024 * 1024, **options)
+                                max_request_size=2 * 1024 * 1024, max_batch_size=1024 * 1024,
+                                **options)
     await producer.start()
     sim = Simulator(tenants=1000, seed=3, text_share=0)
     now = datetime.now(timezone.utc)
@@ -109,8 +111,10 @@ def main() -> int:
     web = free_port()
     env = {**os.environ, "TOKENMETER_DATA_DIR": str(data), "TOKENMETER_KAFKA_BOOTSTRAP": kafka,
            "TOKENMETER_WEB_PORT": str(web), "TOKENMETER_PRODUCER_COMPRESSION": args.compression}
-    up = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(data / "worker.log", "wb")  # noqa: SIM115 - closed with the process
+    up = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up", "--log-level", "INFO"],
+                          env=env, stdout=log, stderr=subprocess.STDOUT)
+    print(f"data dir {data}", flush=True)
     url = f"http://127.0.0.1:{web}"
     try:
         deadline = time.monotonic() + 90

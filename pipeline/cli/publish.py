@@ -19,8 +19,7 @@ async def _producer(settings: Settings) -> Any:
     from aiokafka.errors import KafkaError
 
     await ensure_topics(settings)
-    producer = AIOKafkaProducer(linger_ms=5, max_request_size=2 * 1024 * 1024,
-                                **kafka_producer_options(settings))
+    producer = AIOKafkaProducer(linger_ms=5, **kafka_producer_options(settings))
     try:
         await producer.start()
     except (KafkaError, OSError) as exc:

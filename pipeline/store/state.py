@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -54,19 +54,39 @@ def window_sums(store: Store, partition: int, kind: str,
     )
 
 
+# The ids are inlined into the SQL text and ClickHouse refuses a query longer than
+# max_query_size (256 KiB by default): a replay of 200k old events once crashed the metering
+# agent that way. Lookups go in chunks of at most 2,000 ids and 128 KiB.
+LOOKUP_IDS = 2000
+LOOKUP_BYTES = 128 * 1024
+
+
+def _chunks(pairs: list[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    chunk: list[tuple[str, str]] = []
+    size = 0
+    for pair in pairs:
+        cost = len(pair[0]) + len(pair[1]) + 8
+        if chunk and (len(chunk) >= LOOKUP_IDS or size + cost > LOOKUP_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(pair)
+        size += cost
+    if chunk:
+        yield chunk
+
+
 def existing_ids(store: Store, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which (tenant_id, event_id) pairs are already in the ledger."""
-    pairs = list(pairs)
-    if not pairs:
-        return set()
-    tenants = sorted({t for t, _ in pairs})
-    ids = sorted({e for _, e in pairs})
-    rows = store.rows(
-        f"SELECT DISTINCT tenant_id, event_id FROM {store.database}.usage_events "
-        "WHERE tenant_id IN %(tenants)s AND event_id IN %(ids)s",
-        parameters={"tenants": tenants, "ids": ids},
-    )
-    return {(t, e) for t, e in rows}
+    """Which (tenant_id, event_id) pairs are already in the ledger (any number of pairs)."""
+    found: set[tuple[str, str]] = set()
+    for chunk in _chunks(sorted(set(pairs))):
+        rows = store.rows(
+            f"SELECT DISTINCT tenant_id, event_id FROM {store.database}.usage_events "
+            "WHERE tenant_id IN %(tenants)s AND event_id IN %(ids)s",
+            parameters={"tenants": sorted({t for t, _ in chunk}),
+                        "ids": sorted({e for _, e in chunk})},
+        )
+        found.update((t, e) for t, e in rows)
+    return found
 
 
 _METRIC_SQL = {

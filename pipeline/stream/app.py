@@ -40,6 +40,7 @@ class Runtime:
     forecast_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     forecast: Any = None
     write_status: Any = None
+    failure: str | None = None  # set when the metering agent crashed; /health reports it
 
     @property
     def ready(self) -> bool:
@@ -181,6 +182,14 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
                         await stream.ack(e)
 
                 await processor.submit(batch, ack)
+        except Exception as exc:
+            # Faust restarts a crashed agent, but the messages it had taken stay unacked and
+            # are not delivered again, so the worker would sit idle with lag: say so loudly
+            # (/health turns 503) instead of looking healthy
+            runtime.failure = f"metering agent crashed: {type(exc).__name__}: {exc}"
+            log.critical("%s; restart the worker to replay from the committed offsets",
+                         runtime.failure)
+            raise
         finally:
             await processor.drain()
 

@@ -34,8 +34,9 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
 
 
 def kafka_producer_options(settings: Settings) -> dict[str, Any]:
-    """aiokafka producer options: connection plus the configured compression."""
+    """aiokafka producer options: connection, the configured compression, 1 MiB batches."""
     opts = kafka_client_options(settings)
+    opts.update(max_batch_size=1024 * 1024, max_request_size=2 * 1024 * 1024)
     if settings.producer_compression != "none":
         opts["compression_type"] = settings.producer_compression
     return opts

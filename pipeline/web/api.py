@@ -18,6 +18,8 @@ def register_views(app: Any, runtime: Any) -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
+            if runtime.failure:
+                return self.json({"status": "failed", "error": runtime.failure}, status=503)
             if not runtime.ready:
                 return self.json({"status": "starting"}, status=503)
             m = runtime.processor.metrics

@@ -91,3 +91,24 @@ def test_json_payload_of_dead_letter_is_text_free() -> None:
     meter = Meter(load_catalog(), load_policy())
     out = meter.meter_message(json.dumps({"event_id": "x", "input_text": "TOP SECRET"}), now=NOW)
     assert out.dead and "TOP SECRET" not in out.dead[0].raw
+
+
+def test_existing_ids_answers_for_any_number_of_ids(store: Store) -> None:
+    """A replay of many old events asks the ledger about all of them at once: the lookup
+    must not exceed ClickHouse's max_query_size (256 KiB; it once crashed the agent)."""
+    from pipeline.store.state import existing_ids
+
+    meter = Meter(load_catalog(), load_policy())
+    stored = []
+    for i in range(0, 30_000, 97):  # every 97th id is in the ledger
+        ev = {"event_id": f"{i:08d}-aaaa-bbbb-cccc-{i:012d}", "timestamp": "2025-06-01T10:00:00Z",
+              "tenant_id": f"tenant-{i % 50:05d}", "provider": "openai", "model": "gpt-4o-mini",
+              "input_tokens": 10, "output_tokens": 1}
+        stored.append(usage_row(meter.meter_object(ev, now=NOW), late=False, partition=0,
+                                offset=i, ingested_at=NOW))
+    store.insert("usage_events", stored, USAGE_COLUMNS)
+    asked = [(f"tenant-{i % 50:05d}", f"{i:08d}-aaaa-bbbb-cccc-{i:012d}") for i in range(30_000)]
+    assert sum(len(t) + len(e) for t, e in asked) > 1024 * 1024  # far beyond one query's limit
+    found = existing_ids(store, asked)
+    assert found == {p for i, p in enumerate(asked) if i % 97 == 0}
+    assert existing_ids(store, []) == set()
