@@ -116,7 +116,8 @@ def despike(y: np.ndarray, half_window: int) -> np.ndarray:
     if len(y) < 5:
         return y
     w = min(half_window, len(y) // 2)
-    padded = np.pad(y, w, mode="edge")
+    # mirror, not repeat, the ends: repeating a spike on the last day made it look normal
+    padded = np.pad(y, w, mode="reflect")
     windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1)
     med = np.median(windows, axis=1)
     mad = np.median(np.abs(windows - med[:, None]), axis=1) * 1.4826

@@ -110,3 +110,16 @@ def test_forecast_alert_only_for_uncrossed_likely_thresholds() -> None:
 def test_run_rate() -> None:
     period = (datetime(2025, 3, 1, tzinfo=timezone.utc), datetime(2025, 4, 1, tzinfo=timezone.utc))
     assert run_rate(D(100), period, datetime(2025, 3, 11, tzinfo=timezone.utc)) == D(310)
+
+
+@pytest.mark.parametrize("where", [0, 20, 39])  # first, middle and last bucket
+def test_despike_clips_an_isolated_spike_anywhere(where: int) -> None:
+    import numpy as np
+
+    from pipeline.forecast import despike
+
+    y = np.array([10.0 + (i % 7) for i in range(40)])
+    y[where] = 500.0
+    out = despike(y, 28)
+    assert out[where] < 30  # back near the local level, also at the ends
+    assert np.array_equal(np.delete(out, where), np.delete(y, where))  # nothing else moves
