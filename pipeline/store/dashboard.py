@@ -116,12 +116,10 @@ def latest_forecasts(store: Store, budgets: list[Budget],
 
 
 def breaches(store: Store, tenant: str | None, limit: int) -> list[dict[str, Any]]:
-    """Newest breaches first, optionally of one tenant."""
+    """Newest breaches first (every column), optionally of one tenant; /api/breaches too."""
     where, params = ("WHERE tenant_id = %(t)s", {"t": tenant}) if tenant else ("", {})
     result = store.query(
-        f"SELECT breach_id, budget_id, tenant_id, kind, threshold_pct, percent, spent, `limit`, "
-        f"severity, action, emitted_at, probability, projected_crossing_at "
-        f"FROM {store.database}.budget_breaches FINAL {where} "
+        f"SELECT * FROM {store.database}.budget_breaches FINAL {where} "
         f"ORDER BY emitted_at DESC, breach_id LIMIT {int(limit)}", parameters=params)
     return [dict(zip(result.column_names, (json_safe(v) for v in r), strict=True))
             for r in result.result_rows]

@@ -15,7 +15,7 @@ from pipeline.budgets import Budget, period_bounds
 from pipeline.decision import Request as DecisionRequest
 from pipeline.decision import Room, applies, decide
 from pipeline.errors import PricingError
-from pipeline.store.queries import json_safe
+from pipeline.store.dashboard import breaches as recent_breaches
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -79,14 +79,8 @@ def register_budget_views(app: Any, runtime: Any) -> None:
                 limit = min(int(request.query.get("limit", "100")), 1000)
             except ValueError:
                 return self.json({"error": "limit must be an integer"}, status=400)
-            where, params = "", {}
-            if "tenant_id" in request.query:
-                where, params = "WHERE tenant_id = %(t)s", {"t": request.query["tenant_id"]}
-            sql = (f"SELECT * FROM {runtime.store.database}.budget_breaches FINAL {where} "
-                   f"ORDER BY emitted_at DESC LIMIT {limit}")
-            result = await asyncio.to_thread(runtime.store.query, sql, None, params)
-            rows = [dict(zip(result.column_names, (json_safe(v) for v in r), strict=True))
-                    for r in result.result_rows]
+            rows = await asyncio.to_thread(recent_breaches, runtime.store,
+                                           request.query.get("tenant_id"), limit)
             return self.bytes(json.dumps({"breaches": rows}).encode(),
                               content_type="application/json")
 
