@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     )
     clickhouse_password: SecretStr | None = None
     clickhouse_database: str = "tokenmeter"
+    # `up --workers N` serves the embedded store to its workers over HTTP on this port
+    clickhouse_http_port: int = Field(default=8123, ge=1, le=65535)
     data_dir: Path = Path("./.tokenmeter")
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)

@@ -39,8 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("up", c.cmd_up, "run the whole stack in the foreground (embedded parts by default)")
     sp.add_argument("--demo", action="store_true", help="add simulated traffic")
     sp.add_argument("--demo-rate", type=float, default=50.0, help="demo events per second")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="worker processes in one consumer group (embedded ClickHouse is then "
+                         "served over HTTP to all of them); web ports count up from --web-port")
     cmd("worker", c.cmd_worker, "run one worker against the configured Kafka and ClickHouse")
     cmd("broker", c.cmd_broker, "run only the embedded Kafka-protocol broker, in the foreground")
+    sp = cmd("clickhouse", c.cmd_clickhouse,
+             "serve the embedded ClickHouse (chDB data dir) over ClickHouse's HTTP interface")
+    sp.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8123")
     cmd("migrate", c.cmd_migrate, "apply sql/ migrations to ClickHouse")
 
     sp = cmd("query", c.cmd_query, "run one read-only SQL query")

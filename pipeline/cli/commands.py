@@ -52,6 +52,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from pipeline.stream.worker import run_worker
 
     settings = settings_from(args)
+    if args.workers > 1:
+        from pipeline.stream.cluster import run_cluster
+
+        return run_cluster(settings, args.workers, embedded_broker=args.kafka is None,
+                           demo=args.demo, demo_rate=args.demo_rate)
     banner = (f"tokenmeter up: Kafka {settings.kafka_bootstrap} "
               f"({'external' if args.kafka else 'embedded'}), ClickHouse {settings.dsn}, "
               f"API {settings.web_url}; Ctrl-C stops")
@@ -67,6 +72,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings, banner=f"tokenmeter worker: API {settings.web_url}")
 
 
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM stop a foreground command the way Ctrl-C does (cleanup runs)."""
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     """Only the embedded broker, until interrupted."""
     from pipeline.broker import EmbeddedBroker
@@ -74,11 +88,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     host, port = settings.broker_address()
     broker = EmbeddedBroker(host, port)
-
-    def _stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
+    interrupt_on_sigterm()
     broker.start()
     print(f"tokenmeter broker: listening on {broker.bootstrap} (memory storage); "
           "Ctrl-C stops it", file=sys.stderr, flush=True)
@@ -88,6 +98,28 @@ def cmd_broker(args: argparse.Namespace) -> int:
         return 0
     finally:
         broker.stop()
+
+
+def cmd_clickhouse(args: argparse.Namespace) -> int:
+    """Only the embedded ClickHouse (chDB), served over ClickHouse's HTTP interface."""
+    from pipeline.stream.cluster import EmbeddedClickHouse
+
+    settings = settings_from(args)
+    host, _, port = args.listen.rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"--listen {args.listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8123")
+    server = EmbeddedClickHouse(settings, host or "127.0.0.1", int(port))
+    interrupt_on_sigterm()
+    server.start()
+    print(f"tokenmeter clickhouse: {settings.dsn} served at {server.dsn} (use it as "
+          "TOKENMETER_CLICKHOUSE_DSN); Ctrl-C stops it", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

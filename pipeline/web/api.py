@@ -48,6 +48,8 @@ def register_views(app: Any, runtime: Any) -> None:
                 f"tokenmeter_sink_rows_total {runtime.processor.sink.rows_written}",
                 "# TYPE tokenmeter_sink_failures_total counter",
                 f"tokenmeter_sink_failures_total {runtime.processor.sink.failures}",
+                "# TYPE tokenmeter_assigned_partitions gauge",
+                f"tokenmeter_assigned_partitions {len(runtime.processor.live.partitions)}",
                 "# TYPE tokenmeter_dead_letters_total counter",
             ]
             lines += [

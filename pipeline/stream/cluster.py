@@ -1,0 +1,126 @@
+"""`tokenmeter up --workers N`: several workers in one consumer group on one machine.
+
+chDB opens a data directory in one process only, so this process owns it and serves it over
+ClickHouse's HTTP interface; each worker is a `tokenmeter worker` subprocess with an
+``http://`` DSN, exactly as it would run against a ClickHouse server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.broker import EmbeddedBroker, port_free
+from pipeline.errors import ConfigError
+from pipeline.settings import Settings, parse_dsn
+from pipeline.store.client import _lock_dir
+from pipeline.store.http_server import Server, serve
+
+
+class EmbeddedClickHouse:
+    """The embedded chDB store of ``settings``, served over HTTP at ``host:port``."""
+
+    def __init__(self, settings: Settings, host: str, port: int) -> None:
+        dsn = parse_dsn(settings.dsn)
+        if dsn.scheme != "chdb" or dsn.path is None:
+            raise ConfigError(
+                f"{settings.dsn} is already a ClickHouse server; only an embedded "
+                "chdb:/// store needs serving (TOKENMETER_CLICKHOUSE_DSN or --clickhouse)")
+        if not port_free(host, port):
+            raise ConfigError(f"{host}:{port} is already in use; pick another with --listen")
+        self.path = Path(dsn.path)
+        self.host, self.port = host, port
+        self._lock: Any = None
+        self._server: Server | None = None
+
+    @property
+    def dsn(self) -> str:
+        """The DSN clients use."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        """Take the data dir (refused if another process holds it) and serve it."""
+        self._lock = _lock_dir(self.path)
+        self._server = serve(self.path, self.host, self.port)
+
+    def stop(self) -> None:
+        """Stop serving and release the data dir."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.engine.close()
+            self._server = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def worker_env(settings: Settings, bootstrap: str, dsn: str, index: int) -> dict[str, str]:
+    """Environment of worker ``index``: shared broker and store, its own web port."""
+    env = dict(os.environ)
+    env.update(TOKENMETER_KAFKA_BOOTSTRAP=bootstrap, TOKENMETER_CLICKHOUSE_DSN=dsn,
+               TOKENMETER_DATA_DIR=str(settings.data_dir.resolve()),
+               TOKENMETER_WEB_HOST=settings.web_host,
+               TOKENMETER_WEB_PORT=str(settings.web_port + index),
+               TOKENMETER_PARTITIONS=str(settings.partitions),
+               TOKENMETER_LOG_LEVEL=settings.log_level)
+    return env
+
+
+def run_cluster(settings: Settings, workers: int, *, embedded_broker: bool, demo: bool,
+                demo_rate: float) -> int:
+    """Broker (if embedded), the store over HTTP and ``workers`` worker processes."""
+    if workers > settings.partitions:
+        raise ConfigError(f"{workers} workers but {settings.partitions} partitions: the extra "
+                          "workers would idle; raise TOKENMETER_PARTITIONS or lower --workers")
+    broker: EmbeddedBroker | None = None
+    store: EmbeddedClickHouse | None = None
+    procs: list[subprocess.Popen[bytes]] = []
+    from pipeline.cli.commands import interrupt_on_sigterm
+
+    interrupt_on_sigterm()
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        bootstrap = settings.kafka_bootstrap
+        if embedded_broker:
+            host, port = settings.broker_address()
+            broker = EmbeddedBroker(host, port, log_path=settings.data_dir / "broker.log")
+            broker.start()
+            bootstrap = broker.bootstrap
+        store = EmbeddedClickHouse(settings, "127.0.0.1", settings.clickhouse_http_port)
+        store.start()
+        for i in range(workers):
+            # worker 0 also runs the demo traffic when asked (`up --kafka` is a worker + demo)
+            argv = ([sys.executable, "-m", "pipeline.cli", "up", "--kafka", bootstrap, "--demo",
+                     "--demo-rate", str(demo_rate)] if demo and i == 0
+                    else [sys.executable, "-m", "pipeline.cli", "worker"])
+            procs.append(subprocess.Popen(argv, env=worker_env(settings, bootstrap, store.dsn, i)))
+        urls = ", ".join(f"http://{settings.web_host}:{settings.web_port + i}"
+                         for i in range(workers))
+        print(f"tokenmeter up: {workers} workers ({urls}), Kafka {bootstrap}, ClickHouse "
+              f"{settings.dsn} served at {store.dsn}; Ctrl-C stops", file=sys.stderr, flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        failed = [i for i, p in enumerate(procs) if p.returncode not in (None, 0)]
+        print(f"tokenmeter up: worker {failed or '?'} exited; stopping the rest",
+              file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if store is not None:
+            store.stop()
+        if broker is not None:
+            broker.stop()
