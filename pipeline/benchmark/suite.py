@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from pipeline.benchmark.scale_out import run as scale_out
 from pipeline.benchmark.throughput import free_port, make_events
 from pipeline.benchmark.throughput import run as throughput
 from pipeline.broker import EmbeddedBroker
@@ -281,6 +282,7 @@ def run_all(progress: Progress = lambda s: None, quick: bool = False) -> dict[st
     sdk = latency_and_decisions(rate=2000, seconds=8 if quick else 15, envelopes=True)
     out["latency_p50_ms_2000_sdk_batched"] = sdk["latency_p50_ms"]
     out["latency_p99_ms_2000_sdk_batched"] = sdk["latency_p99_ms"]
+    out.update(scale_out(n=20_000 if quick else 40_000, progress=progress))
     progress("forecast speed")
     out.update(forecast_speed(100 if quick else 300))
     return out
