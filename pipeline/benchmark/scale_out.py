@@ -30,6 +30,7 @@ from pipeline.benchmark.throughput import (
     single_messages,
 )
 from pipeline.broker import EmbeddedBroker
+from pipeline.stream.cluster import stop_all
 
 
 def _serve(data: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -93,13 +94,7 @@ def group_rate(bootstrap: str, dsn: str, prefix: str, n: int, partitions: int,
                 time.sleep(0.02)
             raise RuntimeError("workers did not finish in time")
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all(procs)
 
 
 def run(n: int = 40_000, partitions: int = 4,

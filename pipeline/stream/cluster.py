@@ -59,6 +59,18 @@ class EmbeddedClickHouse:
             self._lock = None
 
 
+def stop_all(procs: list[subprocess.Popen[Any]], timeout: float = 30) -> None:
+    """SIGTERM every process still running, then wait; kill what does not stop in time."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def worker_env(settings: Settings, bootstrap: str, dsn: str, index: int) -> dict[str, str]:
     """Environment of worker ``index``: shared broker and store, its own web port."""
     env = dict(os.environ)
@@ -112,14 +124,7 @@ def run_cluster(settings: Settings, workers: int, *, embedded_broker: bool, demo
     except KeyboardInterrupt:
         return 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         if store is not None:
             store.stop()
         if broker is not None:
