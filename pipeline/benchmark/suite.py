@@ -120,12 +120,19 @@ def sink_and_state(tenants: int = 100_000) -> dict[str, float]:
                 len(p.windows) for p in live.partitions.values())}
 
 
+def _passthrough() -> dict[str, str]:
+    """TOKENMETER_BENCH_WORKER_* variables, passed to the worker without the prefix."""
+    head = "TOKENMETER_BENCH_WORKER_"
+    return {"TOKENMETER_" + k[len(head):]: v for k, v in os.environ.items()
+            if k.startswith(head)}
+
+
 def _worker(bootstrap: str, data: str, port: int, prefix: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
     env.update(TOKENMETER_KAFKA_BOOTSTRAP=bootstrap, TOKENMETER_DATA_DIR=data,
                TOKENMETER_WEB_PORT=str(port), TOKENMETER_TOPIC_PREFIX=prefix,
                TOKENMETER_APP_ID=f"bench-{uuid.uuid4().hex[:6]}", TOKENMETER_PARTITIONS="4",
-               TOKENMETER_TAKE_WITHIN_S="0.05")
+               TOKENMETER_TAKE_WITHIN_S="0.05", **_passthrough())
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
