@@ -1,8 +1,9 @@
 """The metering step the agent calls: raw messages in, durable effects out.
 
-Order per batch: meter (validate, count, price, score) -> dedup -> classify late ->
-write to ClickHouse (retrying until durable) -> update live state -> publish dead letters.
-Only then does the agent return, so offsets are never committed ahead of the ledger.
+Order per batch: meter (validate, count, price, score) -> dedup -> classify late -> update
+live state and evaluate budgets -> send breaches -> write to ClickHouse (retrying until
+durable) -> publish dead letters, confirm breach deliveries and mirror them. Only then are
+offsets acked, so they are never committed ahead of the ledger.
 """
 
 from __future__ import annotations
@@ -55,7 +56,31 @@ class Staged:
     dlq_rows: list[list[Any]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     breaches: list[BudgetBreach] = field(default_factory=list)
+    sent: list[Any] | None = None  # delivery futures once the breaches were sent early
     token: str | None = None
+
+
+def merge_staged(group: list[Staged]) -> Staged:
+    """One batch of several staged ones, in order (written by one insert)."""
+    if len(group) == 1:
+        return group[0]
+    out = Staged(sent=[])
+    for st in group:
+        out.messages += st.messages
+        out.events += st.events
+        out.duplicates += st.duplicates
+        out.late += st.late
+        out.rows += st.rows
+        out.dlq_rows += st.dlq_rows
+        out.dead += st.dead
+        out.breaches += st.breaches
+        assert out.sent is not None
+        out.sent += st.sent or []
+    tokens = [st.token for st in group if st.token]
+    # the same rows give the same token, so a retry of this insert is dropped, not counted
+    out.token = hashlib.blake2b("|".join(tokens).encode(), digest_size=16).hexdigest() \
+        if tokens else None
+    return out
 
 
 class Metrics:
@@ -83,7 +108,8 @@ class Processor:
                  publish_dlq: Publish, *, grace: timedelta = timedelta(hours=1),
                  clock: Callable[[], datetime] = utc_now,
                  publish_breach: Publish | None = None,
-                 partition_of: Callable[[str], int] = lambda tenant: 0) -> None:
+                 partition_of: Callable[[str], int] = lambda tenant: 0,
+                 max_pending_rows: int = 20_000) -> None:
         self.meter = meter
         self.sink = sink
         self.store = store
@@ -96,7 +122,10 @@ class Processor:
         self.metrics = Metrics()
         self.book = BudgetBook()
         self.tracker = BudgetTracker()
-        self._inflight: asyncio.Future[None] | None = None
+        self.max_pending_rows = max_pending_rows
+        self._pending: list[tuple[Staged, Callable[[], Awaitable[None]]]] = []
+        self._picked = asyncio.Event()  # set whenever the writer takes the pending batches
+        self._writer: asyncio.Future[None] | None = None
         self.lock = asyncio.Lock()  # rebuilds and batches never interleave
 
     async def process(self, batch: Sequence[RawMessage]) -> None:
@@ -106,25 +135,51 @@ class Processor:
 
     async def submit(self, batch: Sequence[RawMessage],
                      on_durable: Callable[[], Awaitable[None]]) -> None:
-        """Pipelined processing: stage this batch while the previous one is being written.
+        """Pipelined processing: stage this batch while earlier ones are being written.
 
+        Batches staged while an insert runs are written together by the next one (group
+        commit), so consumption does not wait for every insert and inserts grow with load.
         ``on_durable`` (the agent's acks) runs only after this batch's rows are in ClickHouse,
         so offsets are never committed ahead of the ledger, even on shutdown or crash.
         """
+        self._raise_if_writer_failed()
         staged = await self.stage(batch)
-        await self.drain()
+        # breaches go out now, not after the ledger write: a crash before the rows are durable
+        # replays the batch, which crosses the same thresholds and repeats the same
+        # breach_ids (allowed); waiting for the write put inserts on the breach path
+        staged.sent = await self._send(staged.breaches)
+        # bounded memory: wait while the writer is behind by max_pending_rows
+        while self._pending and sum(len(st.rows) + len(st.dlq_rows)
+                                    for st, _ in self._pending) >= self.max_pending_rows:
+            await self._picked.wait()
+            self._raise_if_writer_failed()
+        self._pending.append((staged, on_durable))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_pending())
 
-        async def commit_then_ack() -> None:
-            await self.commit(staged)
-            await on_durable()
+    async def _write_pending(self) -> None:
+        try:
+            while self._pending:
+                group, self._pending = self._pending, []
+                self._picked.set()
+                self._picked = asyncio.Event()
+                await self.commit(merge_staged([st for st, _ in group]))
+                for _, on_durable in group:
+                    await on_durable()
+        finally:
+            self._picked.set()  # a failed writer must not leave a submitter waiting
 
-        self._inflight = asyncio.ensure_future(commit_then_ack())
+    def _raise_if_writer_failed(self) -> None:
+        writer = self._writer
+        if writer is not None and writer.done() and not writer.cancelled() and (
+                exc := writer.exception()) is not None:
+            raise exc
 
     async def drain(self) -> None:
-        """Wait until the batch in flight (if any) is durable and acked."""
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            await inflight
+        """Wait until every submitted batch is durable and acked."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+        self._raise_if_writer_failed()
 
     async def stage(self, batch: Sequence[RawMessage]) -> Staged:
         """Meter, dedup, classify and count a batch in memory; nothing durable yet."""
@@ -186,7 +241,7 @@ class Processor:
             self.metrics.dead[d.reason_code] += 1
             await self.publish_dlq(d.tenant_id, d.model_dump_json().encode())
         if staged.breaches:
-            await self._emit(staged.breaches)
+            await self._emit(staged.breaches, staged.sent)
         m = self.metrics
         m.messages += staged.messages
         m.events += staged.events
@@ -252,13 +307,17 @@ class Processor:
         fired = await asyncio.to_thread(ledger.fired_breaches, self.store, b.budget_id, start)
         return self.tracker.load(b, start, end, by_tier, fired)
 
-    async def _emit(self, breaches: list[BudgetBreach]) -> None:
+    async def _send(self, breaches: list[BudgetBreach]) -> list[Any]:
+        """Send breaches; returns their delivery futures (awaited together, not one by one)."""
+        if self.publish_breach is None or not breaches:
+            return []
+        return [await self.publish_breach(b.tenant_id, b.model_dump_json().encode())
+                for b in breaches]
+
+    async def _emit(self, breaches: list[BudgetBreach], sent: list[Any] | None = None) -> None:
         """Publish first, then mirror: a crash in between repeats a breach_id, never loses it."""
-        if self.publish_breach is not None:
-            # send all, then wait for every acknowledgement at once (not one round trip each)
-            pending = [await self.publish_breach(b.tenant_id, b.model_dump_json().encode())
-                       for b in breaches]
-            await asyncio.gather(*(p for p in pending if p is not None))
+        pending = sent if sent is not None else await self._send(breaches)
+        await asyncio.gather(*(p for p in pending if p is not None))
         await self.sink.write_rows("budget_breaches", [breach_row(b) for b in breaches],
                                    BREACH_COLUMNS)
         self.metrics.breaches += len(breaches)

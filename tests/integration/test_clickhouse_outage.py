@@ -52,7 +52,9 @@ def test_outage_backs_off_pauses_and_loses_nothing(store: Store) -> None:
         return None
 
     live = LiveState(grace=timedelta(hours=1), horizon=timedelta(days=7), max_ids=100_000)
-    proc = Processor(meter, Sink(flaky, max_backoff_s=2.0), flaky, live, dlq)  # type: ignore[arg-type]
+    # one batch may wait while one is written: consumption pauses after that
+    proc = Processor(meter, Sink(flaky, max_backoff_s=2.0), flaky, live, dlq,  # type: ignore[arg-type]
+                     max_pending_rows=100)
     sim = Simulator(tenants=5, seed=3, text_share=0.0)
     events = [sim.event(now - timedelta(seconds=i)) for i in range(3000)]
     batches = [[RawMessage(json.dumps(e).encode(), "usage-events", 0, i * 100 + j)

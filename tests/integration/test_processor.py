@@ -174,3 +174,57 @@ def test_dedup_beyond_memory_asks_the_ledger(store: Store) -> None:
     asyncio.run(run(proc, msgs))
     assert proc.metrics.events == len(recent)
     assert ledger(store) == truth(recent)
+
+
+def test_group_commit_merges_batches_staged_during_an_insert(store: Store) -> None:
+    """While one insert runs, the next batches are staged and then written by one insert;
+    each batch is acked only once its rows are durable, and in order."""
+    import asyncio
+    import time as _time
+
+    class SlowStore:
+        def __init__(self) -> None:
+            self.inserts: list[int] = []
+
+        def insert(self, table: str, rows: list, *args: object, **kwargs: object) -> None:
+            if table == "usage_events":
+                self.inserts.append(len(rows))
+                _time.sleep(0.3)  # a slow insert (runs in the sink's thread)
+            store.insert(table, rows, *args, **kwargs)  # type: ignore[arg-type]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+    slow = SlowStore()
+    live = LiveState(grace=timedelta(hours=1), horizon=timedelta(days=7), max_ids=100_000)
+
+    async def nowhere(key: str | None, value: bytes) -> None:
+        return None
+
+    proc = Processor(METER, Sink(slow), slow, live, nowhere,  # type: ignore[arg-type]
+                     clock=lambda: NOW)
+    recent, _ = traffic(seed=9, n=300)
+    msgs = messages(recent)
+    batches = [msgs[i:i + 30] for i in range(0, len(msgs), 30)]
+    acked: list[int] = []
+
+    async def run() -> None:
+        for i, batch in enumerate(batches):
+            async def ack(i: int = i) -> None:
+                ids = [json.loads(m.value)["event_id"] for m in batches[i]]
+                n = store.rows(f"SELECT count() FROM {store.database}.usage_events "
+                               "WHERE event_id IN %(ids)s", parameters={"ids": ids})[0][0]
+                assert n == len(set(ids)), "acked before durable"
+                acked.append(i)
+
+            await proc.submit(batch, ack)
+            await asyncio.sleep(0.01)  # the agent waiting for its next take
+        await proc.drain()
+
+    asyncio.run(run())
+    assert acked == list(range(len(batches)))
+    assert sum(slow.inserts) == len({e["event_id"] for e in recent})
+    # the first batch is written alone; the nine staged during its insert share one
+    assert slow.inserts[0] == 30 and len(slow.inserts) < len(batches)
+    truth = sum((METER.meter_object(e, now=NOW).total_cost for e in recent), Decimal(0))
+    assert store.rows(f"SELECT sum(total_cost) FROM {store.database}.usage_hourly") == [(truth,)]
