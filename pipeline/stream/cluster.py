@@ -31,6 +31,10 @@ class EmbeddedClickHouse:
             raise ConfigError(
                 f"{settings.dsn} is already a ClickHouse server; only an embedded "
                 "chdb:/// store needs serving (TOKENMETER_CLICKHOUSE_DSN or --clickhouse)")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError(f"--listen {host}:{port}: the embedded store is served without "
+                              "authentication, so only on loopback (127.0.0.1); use a "
+                              "ClickHouse server to share a ledger across machines")
         if not port_free(host, port):
             raise ConfigError(f"{host}:{port} is already in use; pick another with --listen")
         self.path = Path(dsn.path)

@@ -155,3 +155,48 @@ def test_worker_with_unreachable_kafka_is_one_line(tmp_path: Path) -> None:
     out = subprocess.run([*TM, "worker"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "cannot reach Kafka" in out.stderr
+
+
+def test_up_with_two_workers_meters_and_stops_every_child(tmp_path: Path) -> None:
+    kafka_port, web_port, store_port = free_port(), free_port(), free_port()
+    while web_port + 1 in (kafka_port, store_port):
+        web_port = free_port()
+    env = {**_env(tmp_path, kafka_port, web_port),
+           "TOKENMETER_CLICKHOUSE_HTTP_PORT": str(store_port)}
+    proc = subprocess.Popen([*TM, "up", "--workers", "2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (
+                _health(web_port) == 200 and _health(web_port + 1) == 200):
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        assert _health(web_port) == 200 and _health(web_port + 1) == 200
+        children = _children(proc.pid)
+        assert len(children) >= 3, "broker and two workers run as children"
+        sim = subprocess.run([*TM, "simulate", "--tenants", "8", "--rate", "500",
+                              "--duration", "1", "--seed", "4"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert sim.returncode == 0, sim.stderr
+        rows: list[dict] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            # the data dir is held by `up` (it serves it), so query goes through a worker
+            q = subprocess.run([*TM, "query", "--format", "json",
+                                "SELECT count() AS n FROM tokenmeter.usage_events FINAL"],
+                               env=env, capture_output=True, text=True, timeout=60)
+            assert q.returncode == 0, q.stderr
+            rows = json.loads(q.stdout)
+            if rows[0]["n"] == 500:
+                break
+            time.sleep(0.3)
+        assert rows[0]["n"] == 500
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert all(process_gone(c) for c in children), "a child outlived `up`"
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", store_port)) != 0, "store port still open"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -59,3 +59,14 @@ def test_decode_body(encoding: str | None) -> None:
 def test_decode_body_refuses_unknown_encoding() -> None:
     with pytest.raises(ValueError, match="unsupported Content-Encoding 'br2'"):
         decode_body(b"", "br2")
+
+
+def test_embedded_store_is_served_on_loopback_only(tmp_path) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.settings import load_settings
+    from pipeline.stream.cluster import EmbeddedClickHouse
+
+    with pytest.raises(ConfigError, match="only on loopback"):
+        EmbeddedClickHouse(load_settings(data_dir=str(tmp_path)), "0.0.0.0", 8123)  # noqa: S104
+    with pytest.raises(ConfigError, match="already a ClickHouse server"):
+        EmbeddedClickHouse(load_settings(clickhouse_dsn="http://db:8123"), "127.0.0.1", 8123)
