@@ -43,6 +43,22 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out.stdout.split()]
 
 
+def _wait_count(env: dict[str, str], n: int, select: str = "count() AS n") -> list[dict]:
+    """Rows of `tokenmeter query` over the ledger once it holds n events (or after 30 s)."""
+    deadline = time.monotonic() + 30
+    rows: list[dict] = []
+    while time.monotonic() < deadline:
+        q = subprocess.run([*TM, "query", "--format", "json",
+                            f"SELECT {select} FROM tokenmeter.usage_events FINAL"],
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert q.returncode == 0, q.stderr
+        rows = json.loads(q.stdout)
+        if rows[0]["n"] == n:
+            break
+        time.sleep(0.3)
+    return rows
+
+
 def test_up_simulate_query_stop(tmp_path: Path) -> None:
     kafka_port, web_port = free_port(), free_port()
     env = _env(tmp_path, kafka_port, web_port)
@@ -71,18 +87,7 @@ def test_up_simulate_query_stop(tmp_path: Path) -> None:
                              input='{"event_id": "x"}\n', timeout=60)
         assert bad.returncode == 1 and "line 1: rejected: schema" in bad.stderr
 
-        deadline = time.monotonic() + 30
-        rows = []
-        while time.monotonic() < deadline:
-            q = subprocess.run([*TM, "query", "--format", "json",
-                                "SELECT count() AS n, sum(total_cost) AS cost "
-                                "FROM tokenmeter.usage_events FINAL"],
-                               env=env, capture_output=True, text=True, timeout=60)
-            assert q.returncode == 0, q.stderr
-            rows = json.loads(q.stdout)
-            if rows[0]["n"] == 400:
-                break
-            time.sleep(0.3)
+        rows = _wait_count(env, 400, "count() AS n, sum(total_cost) AS cost")
         assert rows[0]["n"] == 400
         assert float(rows[0]["cost"]) > 0 and isinstance(rows[0]["cost"], str)
 
@@ -178,19 +183,8 @@ def test_up_with_two_workers_meters_and_stops_every_child(tmp_path: Path) -> Non
                               "--duration", "1", "--seed", "4"], env=env,
                              capture_output=True, text=True, timeout=60)
         assert sim.returncode == 0, sim.stderr
-        rows: list[dict] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            # the data dir is held by `up` (it serves it), so query goes through a worker
-            q = subprocess.run([*TM, "query", "--format", "json",
-                                "SELECT count() AS n FROM tokenmeter.usage_events FINAL"],
-                               env=env, capture_output=True, text=True, timeout=60)
-            assert q.returncode == 0, q.stderr
-            rows = json.loads(q.stdout)
-            if rows[0]["n"] == 500:
-                break
-            time.sleep(0.3)
-        assert rows[0]["n"] == 500
+        # the data dir is held by `up` (it serves it), so query goes through a worker
+        assert _wait_count(env, 500)[0]["n"] == 500
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         assert all(process_gone(c) for c in children), "a child outlived `up`"
