@@ -203,7 +203,14 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
             await processor.rebuild(mine - held)
         runtime.assigned = True
 
+    async def _revoked(app_: Any, revoked: Any = (), **_: Any) -> None:
+        # batches still waiting for their insert must be in the ledger before the group
+        # re-forms: the next owner rebuilds its dedup index from the ledger, and would
+        # otherwise meter the redelivered messages a second time
+        await processor.drain()
+
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]  # mode stub too narrow
+    app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
 
     from pipeline.web import auth
     from pipeline.web.api import register_ops_view, register_spend_view, register_views
