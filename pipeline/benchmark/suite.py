@@ -132,7 +132,8 @@ def _worker(bootstrap: str, data: str, port: int, prefix: str) -> subprocess.Pop
     env.update(TOKENMETER_KAFKA_BOOTSTRAP=bootstrap, TOKENMETER_DATA_DIR=data,
                TOKENMETER_WEB_PORT=str(port), TOKENMETER_TOPIC_PREFIX=prefix,
                TOKENMETER_APP_ID=f"bench-{uuid.uuid4().hex[:6]}", TOKENMETER_PARTITIONS="4",
-               TOKENMETER_TAKE_WITHIN_S="0.05", **_passthrough())
+               TOKENMETER_TAKE_WITHIN_S="0.05")
+    env.update(_passthrough())  # may override the above
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
