@@ -82,7 +82,8 @@ class Store:
                     self._lock_file = None
 
 
-def _lock_dir(path: Path) -> Any:
+def lock_data_dir(path: Path) -> Any:
+    """Hold ``path`` for this process (chDB opens a directory in one process only)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         lock = open(path.parent / f"{path.name}.lock", "a+")  # noqa: SIM115 - held for life
@@ -120,7 +121,7 @@ def open_store(settings: Settings, database: str | None = None) -> Store:
         if dsn.scheme == "chdb":
             assert dsn.path is not None
             path = Path(dsn.path)
-            lock = _lock_dir(path)
+            lock = lock_data_dir(path)
             chdb_dsn = f"chdb://{path.resolve()}"
 
             def factory() -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.broker import EmbeddedBroker, port_free
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings, parse_dsn
-from pipeline.store.client import _lock_dir
+from pipeline.store.client import lock_data_dir
 from pipeline.store.http_server import Server, serve
 
 
@@ -49,7 +49,7 @@ class EmbeddedClickHouse:
 
     def start(self) -> None:
         """Take the data dir (refused if another process holds it) and serve it."""
-        self._lock = _lock_dir(self.path)
+        self._lock = lock_data_dir(self.path)
         self._server = serve(self.path, self.host, self.port)
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ from pipeline.errors import StoreError
 from pipeline.meter import Meter
 from pipeline.scoring import load_policy
 from pipeline.settings import load_settings
-from pipeline.store.client import Store, _lock_dir, open_store
+from pipeline.store.client import Store, lock_data_dir, open_store
 from pipeline.store.migrations import discover, migrate
 from pipeline.store.queries import READ_ONLY_LIMITS, run_read_only
 from pipeline.store.sink import DLQ_COLUMNS, USAGE_COLUMNS, usage_row
@@ -47,10 +47,10 @@ def test_usage_row_roundtrip_exact_and_dedup(store: Store) -> None:
 
 
 def test_data_dir_lock_names_the_holder(tmp_path: Path) -> None:
-    held = _lock_dir(tmp_path / "clickhouse")
+    held = lock_data_dir(tmp_path / "clickhouse")
     try:
         with pytest.raises(StoreError, match="held by another process"):
-            _lock_dir(tmp_path / "clickhouse")
+            lock_data_dir(tmp_path / "clickhouse")
     finally:
         held.close()
 
@@ -59,7 +59,7 @@ def test_unwritable_data_dir(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="not writable"):
-        _lock_dir(blocker / "clickhouse")
+        lock_data_dir(blocker / "clickhouse")
 
 
 def test_unreachable_server_dsn() -> None:
