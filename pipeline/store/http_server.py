@@ -130,18 +130,23 @@ class Engine:
             old.close()
         return conn
 
-    def execute(self, sql: str, data: bytes | None, *, database: str, settings: dict[str, str],
-                params: dict[str, str], fmt: str) -> Any:
-        """Run one statement; ``data`` is an insert's payload in the statement's format."""
+    def query(self, sql: str, *, database: str, settings: dict[str, str],
+              params: dict[str, str], fmt: str) -> Any:
+        """Run one statement that carries no data."""
         with self.lock:
-            if data is None:
-                return self._conn(database, settings).query(sql, fmt, params=params)
-            # chDB reads insert data from a file (it has no request body)
-            with tempfile.NamedTemporaryFile(suffix=".insert") as tmp:
-                tmp.write(data)
-                tmp.flush()
-                return self._conn(database, {}).query(sql.replace("\x00INFILE\x00", repr_path(
-                    tmp.name)), "TabSeparated")
+            return self._conn(database, settings).query(sql, fmt, params=params)
+
+    def insert(self, target: str, data: bytes, fmt: str, *, database: str,
+               settings: dict[str, str]) -> Any:
+        """``INSERT INTO t (cols)`` with ``data`` in ``fmt`` (chDB reads it from a file)."""
+        clause = f" SETTINGS {settings_clause(settings)}" if settings else ""
+        with self.lock, tempfile.NamedTemporaryFile(suffix=".insert") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            # per-insert settings (dedup tokens) ride in the statement, not on a connection
+            return self._conn(database, {}).query(
+                f"{target} FROM INFILE {repr_path(tmp.name)}{clause} FORMAT {fmt}",
+                "TabSeparated")
 
     def close(self) -> None:
         """Close every connection."""
@@ -230,6 +235,11 @@ class Server(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.engine = engine
 
+    def close(self) -> None:
+        """Stop serving and close the engine's connections."""
+        self.shutdown()
+        self.engine.close()
+
     def run(self, params: dict[str, str], body: bytes
             ) -> tuple[int, tuple[bytes, dict[str, str]], str | None]:
         """(status, (body, summary), format) of one request."""
@@ -244,13 +254,9 @@ class Server(ThreadingHTTPServer):
         insert = split_insert(text)
         if insert is not None and insert[3].strip():
             target, inline, fmt, data = insert
-            merged = dict(settings)
             if inline:
-                merged.update(parse_set("SET " + inline) or {})
-            clause = f" SETTINGS {settings_clause(merged)}" if merged else ""
-            sql = f"{target} FROM INFILE \x00INFILE\x00{clause} FORMAT {fmt}"
-            result = self.engine.execute(sql, data, database=database, settings={},
-                                         params={}, fmt="TabSeparated")
+                settings.update(parse_set("SET " + inline) or {})
+            result = self.engine.insert(target, data, fmt, database=database, settings=settings)
             return 200, (b"", _summary(result, written=True)), None
         sql = text.decode()
         assignments = parse_set(sql)
@@ -260,8 +266,8 @@ class Server(ThreadingHTTPServer):
             return 200, (b"", {}), None
         m = _FORMAT.search(sql)
         fmt = m.group(1) if m else params.get("default_format", "TabSeparated")
-        result = self.engine.execute(sql, None, database=database, settings=settings,
-                                     params=binds, fmt=fmt)
+        result = self.engine.query(sql, database=database, settings=settings, params=binds,
+                                   fmt=fmt)
         return 200, (result.bytes() or b"", _summary(result)), fmt
 
 

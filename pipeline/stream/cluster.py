@@ -55,8 +55,7 @@ class EmbeddedClickHouse:
     def stop(self) -> None:
         """Stop serving and release the data dir."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.engine.close()
+            self._server.close()
             self._server = None
         if self._lock is not None:
             self._lock.close()
