@@ -137,3 +137,12 @@ class EmbeddedBroker:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM stop a foreground command the way Ctrl-C does (its cleanup runs)."""
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -72,18 +71,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings, banner=f"tokenmeter worker: API {settings.web_url}")
 
 
-def interrupt_on_sigterm() -> None:
-    """Make SIGTERM stop a foreground command the way Ctrl-C does (cleanup runs)."""
-
-    def _stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-
-
 def cmd_broker(args: argparse.Namespace) -> int:
     """Only the embedded broker, until interrupted."""
-    from pipeline.broker import EmbeddedBroker
+    from pipeline.broker import EmbeddedBroker, interrupt_on_sigterm
 
     settings = settings_from(args)
     host, port = settings.broker_address()
@@ -102,6 +92,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_clickhouse(args: argparse.Namespace) -> int:
     """Only the embedded ClickHouse (chDB), served over ClickHouse's HTTP interface."""
+    from pipeline.broker import interrupt_on_sigterm
     from pipeline.stream.cluster import EmbeddedClickHouse
 
     settings = settings_from(args)

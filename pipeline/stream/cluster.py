@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.broker import EmbeddedBroker, port_free
+from pipeline.broker import EmbeddedBroker, interrupt_on_sigterm, port_free
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings, parse_dsn
 from pipeline.store.client import lock_data_dir
@@ -95,8 +95,6 @@ def run_cluster(settings: Settings, workers: int, *, embedded_broker: bool, demo
     broker: EmbeddedBroker | None = None
     store: EmbeddedClickHouse | None = None
     procs: list[subprocess.Popen[bytes]] = []
-    from pipeline.cli.commands import interrupt_on_sigterm
-
     interrupt_on_sigterm()
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

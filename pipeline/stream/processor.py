@@ -64,7 +64,8 @@ def merge_staged(group: list[Staged]) -> Staged:
     """One batch of several staged ones, in order (written by one insert)."""
     if len(group) == 1:
         return group[0]
-    out = Staged(sent=[])
+    sent: list[Any] = []
+    out = Staged(sent=sent)
     for st in group:
         out.messages += st.messages
         out.events += st.events
@@ -74,8 +75,7 @@ def merge_staged(group: list[Staged]) -> Staged:
         out.dlq_rows += st.dlq_rows
         out.dead += st.dead
         out.breaches += st.breaches
-        assert out.sent is not None
-        out.sent += st.sent or []
+        sent += st.sent or []
     tokens = [st.token for st in group if st.token]
     # the same rows give the same token, so a retry of this insert is dropped, not counted
     out.token = hashlib.blake2b("|".join(tokens).encode(), digest_size=16).hexdigest() \
