@@ -25,6 +25,7 @@ from typing import Any
 
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.errors import PricingError
+from pipeline.stream.topics import PRODUCER_SIZES
 from pipeline.validate import validate_event
 
 
@@ -41,11 +42,8 @@ class AsyncUsageProducer:
         self.linger_s = linger_ms / 1000
         self.catalog = catalog or load_catalog()
         # zstd by default: JSON envelopes shrink ~7x on the wire and in the broker
-        # and 1 MiB record batches compress several envelopes together (aiokafka's 16 KiB
-        # default holds less than one envelope of 100 events)
         self._options = {"bootstrap_servers": bootstrap_servers, "linger_ms": 5,
-                         "max_request_size": 2 * 1024 * 1024, "max_batch_size": 1024 * 1024,
-                         "compression_type": "zstd", **kafka_options}
+                         **PRODUCER_SIZES, "compression_type": "zstd", **kafka_options}
         self._producer: Any = None
         self._buffers: dict[str, list[dict[str, Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None

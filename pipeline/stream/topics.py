@@ -33,10 +33,16 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+# 1 MiB record batches compress several envelopes together (aiokafka's 16 KiB default holds
+# less than one envelope of 100 events); requests may carry one full batch and more
+PRODUCER_SIZES: dict[str, int] = {"max_batch_size": 1024 * 1024,
+                                  "max_request_size": 2 * 1024 * 1024}
+
+
 def kafka_producer_options(settings: Settings) -> dict[str, Any]:
     """aiokafka producer options: connection, the configured compression, 1 MiB batches."""
     opts = kafka_client_options(settings)
-    opts.update(max_batch_size=1024 * 1024, max_request_size=2 * 1024 * 1024)
+    opts.update(PRODUCER_SIZES)
     if settings.producer_compression != "none":
         opts["compression_type"] = settings.producer_compression
     return opts
