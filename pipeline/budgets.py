@@ -4,16 +4,53 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from enum import StrEnum
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.events import Money, PricedUsage
 
 MAX_ID = 256
+# Bounds every budget field is validated against. They keep every derived value inside its
+# ClickHouse column (sql/006_budget_bounds.sql): limit and pool limits >= MIN_LIMIT with at
+# most PLACES decimals fit Decimal(38, 12), and percent = spent * 100 / limit stays below
+# 10^34 for any spent a Decimal(38, 12) holds, which Decimal(76, 6) admits.
+MIN_LIMIT = Decimal("0.000001")
+MAX_LIMIT = Decimal("1000000000000")
+PLACES = 6
+MAX_THRESHOLDS = 20
+MAX_POOLS = 20
+MAX_POOL_NAME = 64
+# wide enough for any spent * 100 / limit the bounds admit, so quantize never overflows
+_WIDE = Context(prec=80)
+
+
+def _places(v: Decimal) -> int:
+    exponent = v.as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
+def _check_number(what: str, v: Decimal) -> None:
+    if not v.is_finite():
+        raise ValueError(f"{what} must be a finite number, got {v}")
+    if _places(v.normalize()) > PLACES:
+        raise ValueError(f"{what} {v} has more than {PLACES} decimal places")
+
+
+def percent_of(spent: Decimal, limit: Decimal, quantum: Decimal = Decimal("0.000001")) -> Decimal:
+    """spent as a percentage of limit, rounded to ``quantum`` (never overflows the context)."""
+    with localcontext(_WIDE):
+        return (spent * 100 / limit).quantize(quantum)
 
 
 class Period(StrEnum):
@@ -49,6 +86,12 @@ class ForecastSettings(BaseModel):
     enabled: bool = True
     probability: Decimal = Field(default=Decimal("0.8"), gt=0, le=1)
 
+    @field_validator("probability")
+    @classmethod
+    def _probability(cls, v: Decimal) -> Decimal:
+        _check_number("forecast probability", v)
+        return v
+
 
 class Budget(BaseModel):
     """A spend limit for a tenant (optionally scoped), per calendar period."""
@@ -65,7 +108,7 @@ class Budget(BaseModel):
     period: Period = Period.month
     timezone: str = "UTC"
     metric: Metric = Metric.cost
-    limit: Money = Field(gt=0)
+    limit: Money = Field(gt=0)  # bounds: see _limit (one message that says what is allowed)
     thresholds: list[Decimal] = Field(
         default_factory=lambda: [Decimal(50), Decimal(80), Decimal(100)]
     )
@@ -85,16 +128,30 @@ class Budget(BaseModel):
             ) from None
         return v
 
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: Decimal) -> Decimal:
+        if not v.is_finite() or not MIN_LIMIT <= v <= MAX_LIMIT:
+            raise ValueError(
+                f"limit {v:f} is out of range: give a limit from {MIN_LIMIT} to "
+                f"{MAX_LIMIT:,f} (dollars, tokens or value units, per the metric)"
+            )
+        _check_number("limit", v)
+        return v
+
     @field_validator("thresholds")
     @classmethod
     def _thresholds(cls, v: list[Decimal]) -> list[Decimal]:
         if not v:
             raise ValueError("give at least one threshold")
+        if len(v) > MAX_THRESHOLDS:
+            raise ValueError(f"give at most {MAX_THRESHOLDS} thresholds, not {len(v)}")
         for t in v:
-            if not Decimal(0) < t <= Decimal(1000):
+            if not t.is_finite() or not Decimal(0) < t <= Decimal(1000):
                 raise ValueError(
                     f"threshold {t} is out of range: thresholds are percent, 0 < t <= 1000"
                 )
+            _check_number("threshold", t)
         return sorted(set(v))
 
     @field_validator("pools")
@@ -102,13 +159,31 @@ class Budget(BaseModel):
     def _pools(cls, v: dict[str, Decimal]) -> dict[str, Decimal]:
         if not v:
             return v
+        if len(v) > MAX_POOLS:
+            raise ValueError(f"give at most {MAX_POOLS} pools, not {len(v)}")
         for name, share in v.items():
-            if not Decimal(0) < share <= Decimal(1):
+            if not name or len(name) > MAX_POOL_NAME:
+                raise ValueError(f"pool name {name[:80]!r} must be 1 to {MAX_POOL_NAME} "
+                                 "characters")
+            if not share.is_finite() or not Decimal(0) < share <= Decimal(1):
                 raise ValueError(f"pool {name!r} share {share} must be in (0, 1]")
+            _check_number(f"pool {name!r} share", share)
         total = sum(v.values(), Decimal(0))
         if abs(total - Decimal(1)) > Decimal("0.000001"):
             raise ValueError(f"pool shares must sum to 1, they sum to {total}")
         return v
+
+    @model_validator(mode="after")
+    def _pool_limits(self) -> Budget:
+        # a pool's limit is limit * share: it must be a limit the columns admit, too
+        for name, share in self.pools.items():
+            if self.limit * share < MIN_LIMIT:
+                raise ValueError(
+                    f"pool {name!r} gets limit {self.limit} x {share} = "
+                    f"{self.limit * share:f}, below the smallest limit {MIN_LIMIT}: raise the "
+                    "limit or the pool's share"
+                )
+        return self
 
     @property
     def tz(self) -> ZoneInfo:
@@ -243,7 +318,7 @@ def evaluate(budget: Budget, pool: str, period: tuple[datetime, datetime], spent
         out.append(BudgetBreach(
             breach_id=bid, budget_id=budget.budget_id, tenant_id=budget.tenant_id,
             kind=BreachKind.threshold, threshold_pct=t, spent=spent, limit=limit,
-            percent=(spent * 100 / limit).quantize(Decimal("0.01")), metric=budget.metric,
+            percent=percent_of(spent, limit, Decimal("0.01")), metric=budget.metric,
             period_start=period[0], period_end=period[1], pool=pool,
             severity=severity_for(t), action=action_for(budget, pool, t), mode=budget.mode,
             triggering_event_id=triggering_event_id, emitted_at=now,

@@ -5,7 +5,15 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from pipeline.budgets import Budget, Period, breach_id, evaluate, period_bounds
+from pipeline.budgets import (
+    MIN_LIMIT,
+    Budget,
+    Period,
+    breach_id,
+    evaluate,
+    percent_of,
+    period_bounds,
+)
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -84,6 +92,20 @@ def budget(**kw) -> Budget:
         ({"metric": "dollars"}, "metric"),
         ({"budget_id": "has space"}, "budget_id"),
         ({"forecast": {"probability": "1.5"}}, "probability"),
+        # a tiny limit made percent overflow its column (1e-15) or quantize (1e-30)
+        ({"limit": "1e-15"}, "limit 0.000000000000001 is out of range: give a limit from "
+                             "0.000001 to 1,000,000,000,000"),
+        ({"limit": "1e-30"}, "is out of range: give a limit from 0.000001"),
+        ({"limit": "1e13"}, "is out of range"),
+        ({"limit": "0.0000015"}, "more than 6 decimal places"),
+        ({"limit": "Infinity"}, "finite"),
+        ({"thresholds": ["50.0000001"]}, "more than 6 decimal places"),
+        ({"thresholds": [str(i) for i in range(1, 30)]}, "at most 20 thresholds"),
+        ({"pools": {"a": "0.3333333", "b": "0.6666667"}}, "more than 6 decimal places"),
+        ({"pools": {"x" * 65: "1"}}, "pool name"),
+        ({"limit": "0.000001", "pools": {"a": "0.5", "b": "0.5"}},
+         "below the smallest limit 0.000001"),
+        ({"forecast": {"probability": "0.12345678"}}, "more than 6 decimal places"),
     ],
 )
 def test_invalid_budgets_refused(kw: dict, fragment: str) -> None:
@@ -143,3 +165,15 @@ def test_raising_limit_rearms() -> None:
     assert evaluate(raised, "", PERIOD, D("60"), fired, now=NOW) == []
     again = evaluate(raised, "", PERIOD, D("100"), fired, now=NOW)
     assert [x.threshold_pct for x in again] == [D(50)]
+
+
+def test_smallest_limit_evaluates_even_at_the_largest_spend_a_column_holds() -> None:
+    # spent up to Decimal(38, 12)'s integer part over the smallest limit: 10^34 percent,
+    # which the default 28-digit context could not quantize (the agent crash-looped)
+    b = budget(limit=str(MIN_LIMIT))
+    spent = D("9" * 25 + ".25")
+    out = evaluate(b, "", PERIOD, spent, set(), now=NOW)
+    assert [x.threshold_pct for x in out] == [D(50), D(80), D(100)]
+    assert out[0].percent == D("9" * 25 + ".25") * 10**8
+    assert out[0].percent < D(10) ** 34  # inside the widened Decimal(76, 6) column
+    assert percent_of(D("0.25"), MIN_LIMIT) == D("25000000.000000")
