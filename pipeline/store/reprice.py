@@ -1,9 +1,21 @@
-"""Re-pricing stored events after a catalog correction, with an audit trail."""
+"""Re-pricing stored events after a catalog correction, with an audit trail.
+
+Works one UTC day at a time, so memory is bounded by the busiest day, never the range.
+
+Rollups stay exact while the stream keeps inserting into the same day: nothing is deleted
+and nothing is rebuilt. Corrected ledger rows are attached from a staging table (an ATTACH
+PARTITION does not fire the materialized views, so the rollups do not count the event a
+second time), and the cost difference of each rollup row goes into the SummingMergeTree
+rollups as a delta row (tokens and events 0). Sums are commutative: an insert that lands
+anywhere in between is counted once, by its own materialized-view rows.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -17,31 +29,91 @@ AUDIT_COLUMNS = ("event_id", "tenant_id", "timestamp", "old_price_version",
                  "new_price_version", "old_total_cost", "new_total_cost", "repriced_at")
 _COST = ("input_cost", "cache_read_cost", "cache_write_cost", "output_cost", "reasoning_cost",
          "total_cost", "saved_cost", "currency", "price_version", "priced_model")
+_DIMS = ("tenant_id", "project_id", "feature", "provider", "model", "task_type", "value_tier")
+_ZERO_SUMS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
+              "output_tokens", "reasoning_output_tokens", "value_units", "events")
+_INDEX = {c: i for i, c in enumerate(USAGE_COLUMNS)}
+# delta blocks can repeat on purpose (a correction undone and done again): no insert dedup
+_NO_DEDUP = {"insert_deduplicate": 0}
+
+# called as hook(stage, day) at "read" (rows read, nothing written) and "ledger" (ledger
+# written, rollups not yet): tests interleave inserts there
+Hook = Callable[[str, date], None]
+
+Delta = dict[tuple[Any, ...], list[Decimal]]
+
+
+def utc_days(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
+    """[start, end) cut at UTC midnights."""
+    at = start.astimezone(timezone.utc)
+    end = end.astimezone(timezone.utc)
+    while at < end:
+        midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(),
+                                    tzinfo=timezone.utc)
+        stop = min(midnight, end)
+        yield at, stop
+        at = stop
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
 
 
 def reprice(store: Store, catalog: Catalog, start: datetime, end: datetime, now: datetime,
-            *, dry_run: bool) -> dict[str, Any]:
+            *, dry_run: bool, hook: Hook | None = None) -> dict[str, Any]:
     """Recompute costs from stored token counts; write corrected rows unless ``dry_run``.
 
     Corrected rows replace the old ones in the ReplacingMergeTree ledger; the hour and day
-    rollups of the touched days are then recomputed from the exact ledger, so they agree.
+    rollups receive the cost differences, so they keep agreeing with the exact ledger.
     """
-    db = store.database
-    result = store.query(
-        f"SELECT {', '.join(USAGE_COLUMNS)} FROM {db}.usage_events FINAL "
-        "WHERE timestamp >= %(start)s AND timestamp < %(end)s",
-        parameters={"start": start, "end": end})
-    index = {c: i for i, c in enumerate(USAGE_COLUMNS)}
+    diff: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    changed_total = unpriced = 0
+    staging: str | None = None
+    try:
+        for day_start, day_end in utc_days(start, end):
+            rows = store.query(
+                f"SELECT {', '.join(USAGE_COLUMNS)} FROM {store.database}.usage_events FINAL "
+                "WHERE timestamp >= %(start)s AND timestamp < %(end)s",
+                parameters={"start": day_start, "end": day_end}).result_rows
+            changed, audit, skipped = _reprice_rows(rows, catalog, now, diff)
+            unpriced += skipped
+            changed_total += len(changed)
+            if hook is not None:
+                hook("read", day_start.date())
+            if not changed or dry_run:
+                continue
+            if staging is None:
+                staging = f"reprice_staging_{uuid.uuid4().hex[:12]}"
+                store.command(f"CREATE TABLE {store.database}.{staging} "
+                              f"AS {store.database}.usage_events")
+            _write_ledger(store, staging, changed)
+            store.insert("reprice_audit", audit, AUDIT_COLUMNS, settings=_NO_DEDUP)
+            if hook is not None:
+                hook("ledger", day_start.date())
+            _write_deltas(store, rows, changed)
+    finally:
+        if staging is not None:
+            store.command(f"DROP TABLE IF EXISTS {store.database}.{staging} SYNC")
+    return {
+        "dry_run": dry_run, "events_repriced": changed_total, "unpriced": unpriced,
+        "tenants": [{"tenant_id": t, "old_cost": format(o, "f"), "new_cost": format(n, "f"),
+                     "difference": format(n - o, "f")} for t, (o, n) in sorted(diff.items())],
+    }
+
+
+def _reprice_rows(rows: Any, catalog: Catalog, now: datetime,
+                  diff: dict[str, list[Decimal]]
+                  ) -> tuple[list[list[Any]], list[list[Any]], int]:
+    """Corrected rows (and their audit rows) of the rows whose price changed; adds to ``diff``."""
+    index = _INDEX
     changed: list[list[Any]] = []
     audit: list[list[Any]] = []
-    diff: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
     unpriced = 0
-    for row in result.result_rows:
-        row = list(row)
+    for stored in rows:
+        row = list(stored)
         ts = row[index["timestamp"]]
-        ts_aware = ts if ts.tzinfo else ts.replace(tzinfo=now.tzinfo)
         try:
-            model, version = catalog.price_version(row[index["model"]], ts_aware)
+            model, version = catalog.price_version(row[index["model"]], _utc(ts))
         except PricingError:
             unpriced += 1
             continue
@@ -65,38 +137,45 @@ def reprice(store: Store, catalog: Catalog, start: datetime, end: datetime, now:
             row[index[name]] = getattr(lines, name)
         row[index["ingested_at"]] = now
         changed.append(row)
-    if changed and not dry_run:
-        store.insert("usage_events", changed, USAGE_COLUMNS)
-        store.insert("reprice_audit", audit, AUDIT_COLUMNS)
-        _rebuild_rollups(store, {r[index["timestamp"]].date() for r in changed})
-    return {
-        "dry_run": dry_run, "events_repriced": len(changed), "unpriced": unpriced,
-        "tenants": [{"tenant_id": t, "old_cost": format(o, "f"), "new_cost": format(n, "f"),
-                     "difference": format(n - o, "f")} for t, (o, n) in sorted(diff.items())],
-    }
+    return changed, audit, unpriced
 
 
-_DIMS = "tenant_id, project_id, feature, provider, model, task_type, value_tier"
-_SUMS = ("total_cost", "saved_cost", "input_tokens", "cache_read_input_tokens",
-         "cache_creation_input_tokens", "output_tokens", "reasoning_output_tokens",
-         "value_units")
+def rollup_deltas(old_rows: Any, changed: list[list[Any]]) -> tuple[Delta, Delta]:
+    """Per (hour, dims) and (day, dims): [total_cost, saved_cost] new minus old."""
+    index = _INDEX
+    old = {(r[index["tenant_id"]], r[index["event_id"]]): r for r in old_rows}
+    hourly: Delta = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    daily: Delta = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    for new in changed:
+        before = old[(new[index["tenant_id"]], new[index["event_id"]])]
+        ts = _utc(new[index["timestamp"]])
+        dims = tuple(new[index[d]] for d in _DIMS)
+        cost = new[index["total_cost"]] - before[index["total_cost"]]
+        saved = new[index["saved_cost"]] - before[index["saved_cost"]]
+        for acc, bucket in ((hourly, ts.replace(minute=0, second=0, microsecond=0)),
+                            (daily, ts.date())):
+            acc[(bucket, *dims)][0] += cost
+            acc[(bucket, *dims)][1] += saved
+    return hourly, daily
 
 
-def _rebuild_rollups(store: Store, days: set[Any]) -> None:
-    """Recompute the hour and day rollups of ``days`` from the exact ledger."""
+def _write_ledger(store: Store, staging: str, changed: list[list[Any]]) -> None:
+    """Add the corrected rows to the ledger without firing the rollups' views."""
     db = store.database
-    sums = ", ".join(f"sum({c})" for c in _SUMS) + ", count()"
-    cols = ", ".join(_SUMS) + ", events"
-    # identical blocks may be re-inserted on purpose here: turn insert dedup off
-    no_dedup = {"insert_deduplicate": 0, "mutations_sync": 2}
-    for day in sorted(days):
-        params = {"day": day}
-        for table, bucket, expr in (("usage_hourly", "hour", "toStartOfHour(timestamp)"),
-                                    ("usage_daily", "day", "toDate(timestamp)")):
-            store.command(f"ALTER TABLE {db}.{table} DELETE WHERE toDate({bucket}) = "
-                          f"toDate('{day.isoformat()}')", settings=no_dedup)
-            store.query(
-                f"INSERT INTO {db}.{table} ({bucket}, {_DIMS}, {cols}) "
-                f"SELECT {expr} AS b, {_DIMS}, {sums} FROM {db}.usage_events FINAL "
-                f"WHERE toDate(timestamp) = %(day)s GROUP BY b, {_DIMS}",
-                settings=no_dedup, parameters=params)
+    store.command(f"TRUNCATE TABLE {db}.{staging}")
+    store.insert(staging, changed, USAGE_COLUMNS, settings=_NO_DEDUP)
+    for (partition,) in store.rows(f"SELECT DISTINCT _partition_id FROM {db}.{staging}"):
+        # attached parts get newer block numbers: the corrected rows win in FINAL and merges
+        store.command(f"ALTER TABLE {db}.usage_events ATTACH PARTITION ID '{partition}' "
+                      f"FROM {db}.{staging}")
+
+
+def _write_deltas(store: Store, old_rows: Any, changed: list[list[Any]]) -> None:
+    """Insert the cost differences into the hour and day rollups."""
+    hourly, daily = rollup_deltas(old_rows, changed)
+    cols = ("total_cost", "saved_cost", *_ZERO_SUMS)
+    zeros = [0] * len(_ZERO_SUMS)
+    for table, bucket, deltas in (("usage_hourly", "hour", hourly),
+                                  ("usage_daily", "day", daily)):
+        rows = [[*key, cost, saved, *zeros] for key, (cost, saved) in deltas.items()]
+        store.insert(table, rows, (bucket, *_DIMS, *cols), settings=_NO_DEDUP)

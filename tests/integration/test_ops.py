@@ -122,6 +122,59 @@ def test_reprice_corrects_costs_with_audit_and_rollups(store: Store, tmp_path: P
     assert again["events_repriced"] == 0  # idempotent
 
 
+def rollups_vs_ledger(store: Store) -> list[tuple[list, list]]:
+    """Per table: (rollup sums, FINAL ledger sums) by tenant and bucket."""
+    db = store.database
+    out = []
+    for table, bucket, expr in (("usage_hourly", "hour", "toStartOfHour(timestamp)"),
+                                ("usage_daily", "day", "toDate(timestamp)")):
+        sums = "sum(total_cost), sum(saved_cost), sum(input_tokens), sum(output_tokens)"
+        rollup = store.rows(f"SELECT tenant_id, {bucket}, {sums}, sum(events) FROM {db}.{table} "
+                            "GROUP BY 1, 2 ORDER BY 1, 2")
+        ledger = store.rows(f"SELECT tenant_id, {expr} AS b, {sums}, count() "
+                            f"FROM {db}.usage_events FINAL GROUP BY 1, 2 ORDER BY 1, 2")
+        out.append(([list(r) for r in rollup], [list(r) for r in ledger]))
+    return out
+
+
+def test_reprice_rollups_stay_exact_when_inserts_land_in_between(store: Store,
+                                                                  tmp_path: Path) -> None:
+    from pipeline.catalog import load_catalog_with_overlays
+    from pipeline.store.reprice import reprice as reprice_store
+    from pipeline.store.sink import USAGE_COLUMNS
+
+    fill(store)
+    import_prices(tmp_path, {"gpt-4o-mini": {"input_cost_per_token": 3e-07,
+                                             "output_cost_per_token": 1.2e-06}},
+                  DAY - timedelta(days=1))
+    db = store.database
+    template = list(store.query(f"SELECT {', '.join(USAGE_COLUMNS)} FROM {db}.usage_events "
+                                "FINAL WHERE event_id = 'op-0'").result_rows[0])
+    landed: list[str] = []
+
+    def stream_inserts(stage: str, day: object) -> None:
+        # the stream stores a new event of the day being re-priced, right now
+        if day != DAY.date():
+            return
+        row = list(template)
+        row[USAGE_COLUMNS.index("event_id")] = f"landed-{stage}-{len(landed)}"
+        store.insert("usage_events", [row], USAGE_COLUMNS)
+        landed.append(row[0])
+
+    catalog = load_catalog_with_overlays(tmp_path / "prices")
+    done = reprice_store(store, catalog, DAY - timedelta(days=1), NOW + timedelta(days=1), NOW,
+                         dry_run=False, hook=stream_inserts)
+    assert done["events_repriced"] == 10 and len(landed) >= 2
+    for rollup, ledger in rollups_vs_ledger(store):
+        assert rollup == ledger
+    # the old-priced events that landed are corrected by the next run, exactly as well
+    again = reprice_store(store, catalog, DAY - timedelta(days=1), NOW + timedelta(days=1),
+                          NOW, dry_run=False)
+    assert again["events_repriced"] == len(landed)
+    for rollup, ledger in rollups_vs_ledger(store):
+        assert rollup == ledger
+
+
 def test_report(store: Store, tmp_path: Path) -> None:
     fill(store)
     data = asyncio.run(report(ctx(store, tmp_path), {"tenant": "tenant-00001",
