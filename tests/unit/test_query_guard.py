@@ -54,6 +54,32 @@ REFUSED = [
     "SELECT " + "1," * 60000 + "1",
 ]
 
+# table functions (and the scalar file()) hidden by quoting, case, comments and whitespace
+QUOTED_IO = [
+    "SELECT * FROM `file`('/etc/passwd', 'LineAsString')",
+    'SELECT * FROM "file"(\'/etc/passwd\', \'LineAsString\')',
+    "SELECT * FROM `FiLe`('/etc/passwd')",
+    "SELECT * FROM `file` /* x */ ('/etc/passwd')",
+    "SELECT * FROM `file`\n\t ('/etc/passwd')",
+    "SELECT * FROM `url`('http://169.254.169.254/latest', 'LineAsString')",
+    'SELECT * FROM "remoteSecure"(\'h:9440\', system.one)',
+    "SELECT * FROM `s3`('https://bucket/x.csv')",
+    "SELECT `file`('/etc/passwd')",
+    "SELECT `fi\\x6ce`('/etc/passwd')",
+    'SELECT "fi\\x6ce"(\'/etc/passwd\')',
+    "SELECT * FROM `icebergS3`('https://b/x')",
+    # a quote inside a comment or a heredoc must not hide what follows from the check
+    "SELECT 1 -- it's\n, file('/etc/passwd') -- '",
+    "SELECT 1 # it's\n, file('/etc/passwd') -- '",
+    "SELECT $$'$$, file('/etc/passwd') -- '",
+    "SELECT $t$'$t$, file('/etc/passwd') -- '",
+    "SELECT 1 /* ' */, file('/etc/passwd') -- '",
+    # writing files needs no table function
+    "SELECT 1 INTO OUTFILE '/tmp/x'",
+    "SELECT 1 INTO/**/OUTFILE '/tmp/x' TRUNCATE",
+    "EXPLAIN SELECT 1 into outfile '/tmp/x'",
+]
+
 
 @pytest.mark.parametrize("sql", ALLOWED)
 def test_allowed(sql: str) -> None:
@@ -67,6 +93,22 @@ def test_refused_with_reason(sql: str) -> None:
     assert str(info.value)
 
 
+@pytest.mark.parametrize("sql", QUOTED_IO)
+def test_quoted_and_hidden_io_functions_are_refused(sql: str) -> None:
+    with pytest.raises(QueryRefused, match="not allowed"):
+        check_read_only(sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT `tenant_id`, \"total_cost\" FROM tokenmeter.usage_events",
+    "SELECT 'file(' AS s, $$url($$ AS t",
+    "SELECT 1 -- file('/etc/passwd')",
+    "SELECT profile(1)",  # not a whole-word match of file(
+])
+def test_quoted_names_and_strings_that_only_look_like_io_pass(sql: str) -> None:
+    assert check_read_only(sql)
+
+
 def test_json_safe_keeps_money_exact() -> None:
     from datetime import datetime
     from decimal import Decimal
@@ -74,3 +116,86 @@ def test_json_safe_keeps_money_exact() -> None:
     assert json_safe(Decimal("0.000000000001")) == "0.000000000001"
     assert json_safe(datetime(2025, 1, 1)) == "2025-01-01T00:00:00Z"  # noqa: DTZ001 - chDB gives naive UTC
     assert json_safe({"a": [Decimal("1.5")]}) == {"a": ["1.5"]}
+
+
+# --- the engine's side: what runs if the textual check were fooled --------------------------
+
+def _secret_file(tmp_path) -> str:
+    path = tmp_path / "secret.txt"
+    path.write_text("top-secret\n")
+    return str(path)
+
+
+def test_readonly_session_refuses_writes_and_file_url_table_functions(store, tmp_path) -> None:
+    """The session itself, called directly (no textual check), refuses these."""
+    from pipeline.store.queries import READ_ONLY_LIMITS
+
+    secret = _secret_file(tmp_path)
+    session = store.readonly(READ_ONLY_LIMITS)
+    db = store.database
+    for sql in (f"SELECT * FROM file('{secret}', 'LineAsString')",
+                f"SELECT * FROM `file`('{secret}', 'LineAsString')",
+                f'SELECT * FROM "file"(\'{secret}\', \'LineAsString\')',
+                "SELECT * FROM url('http://127.0.0.1:9/', 'LineAsString')",
+                f"DROP TABLE {db}.usage_events",
+                f"INSERT INTO {db}.usage_daily (tenant_id) VALUES ('x')",
+                f"CREATE TABLE {db}.x (a Int8) ENGINE = Memory"):
+        with pytest.raises(Exception, match="READONLY|readonly"):
+            session.query(sql)
+    assert store.rows(f"EXISTS TABLE {db}.usage_events") == [(1,)]
+
+
+def test_chdb_readonly_alone_lets_scalar_file_and_outfile_through(store, tmp_path) -> None:
+    """Measured fact behind the AST check: readonly=1 on chDB does not stop these two."""
+    from pipeline.store.queries import READ_ONLY_LIMITS
+
+    secret = _secret_file(tmp_path)
+    session = store.readonly(READ_ONLY_LIMITS)
+    assert session.query(f"SELECT `file`('{secret}')").result_rows == [("top-secret\n",)]
+    session.query(f"SELECT 1 INTO OUTFILE '{tmp_path / 'out.txt'}'")
+    assert (tmp_path / "out.txt").exists()
+
+
+@pytest.mark.parametrize("template", [
+    "SELECT `file`('{secret}')",
+    "SELECT `fi\\x6ce`('{secret}')",
+    "SELECT * FROM `file`('{secret}', 'LineAsString')",
+    "SELECT 1 INTO OUTFILE '{out}'",
+    "SELECT 1 FROM system.one INTO OUTFILE '{out}' TRUNCATE",
+    "EXPLAIN SELECT 1 INTO OUTFILE '{out}'",
+    "SELECT 1 -- it's\n, file('{secret}') -- '",
+])
+def test_parsed_statement_check_holds_without_the_textual_one(store, tmp_path,
+                                                               template: str) -> None:
+    """execute_read_only (the path after check_read_only) refuses by ClickHouse's own parse."""
+    from pipeline.store.queries import execute_read_only
+
+    sql = template.format(secret=_secret_file(tmp_path), out=tmp_path / "out.txt")
+    with pytest.raises(QueryRefused, match="not allowed"):
+        execute_read_only(store, sql)
+    assert not (tmp_path / "out.txt").exists()
+
+
+@pytest.mark.parametrize("template", [
+    "SELECT `file`('{secret}')",
+    "SELECT * FROM \"file\"('{secret}', 'LineAsString')",
+    "SELECT 1 -- it's\n, file('{secret}') -- '",
+    "SELECT 1 INTO OUTFILE '{out}'",
+])
+def test_run_read_only_refuses_quoted_io(store, tmp_path, template: str) -> None:
+    from pipeline.store.queries import run_read_only
+
+    sql = template.format(secret=_secret_file(tmp_path), out=tmp_path / "out.txt")
+    with pytest.raises(QueryRefused, match="not allowed"):
+        run_read_only(store, sql)
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_run_read_only_still_answers(store) -> None:
+    from pipeline.store.queries import run_read_only
+
+    result = run_read_only(store, f"SELECT count() AS n FROM `{store.database}`.usage_events")
+    assert (result.columns, result.rows) == (["n"], [[0]])
+    assert run_read_only(store, f"SHOW TABLES FROM {store.database}").rows
+    assert run_read_only(store, f"DESCRIBE TABLE {store.database}.usage_events").rows
+    assert run_read_only(store, "EXPLAIN SELECT 1").rows
