@@ -7,7 +7,8 @@ that says what was wrong and what to do about it::
     ├── ConfigError          bad setting, flag or DSN (names the setting that fixes it)
     ├── BrokerError          embedded broker missing, port taken, Kafka unreachable
     ├── StoreError           ClickHouse unreachable, data dir locked or not writable
-    │   └── QueryRefused     a query the read-only surface does not run
+    │   ├── QueryRefused     a query the read-only surface does not run
+    │   └── StoreWriteFailed an insert ClickHouse refuses for good (retrying cannot help)
     ├── ValidationFailed     a usage event or budget that does not validate (has reason_code)
     ├── PricingError         no price for a model at a time (reason_code unknown_model)
     └── TokenCountError      no tiktoken encoding available offline
@@ -34,6 +35,10 @@ class StoreError(TokenmeterError):
 
 class QueryRefused(StoreError):
     """A query was refused by the read-only query surface."""
+
+
+class StoreWriteFailed(StoreError):
+    """ClickHouse refused an insert for a reason a retry cannot fix (bad value, schema)."""
 
 
 class ValidationFailed(TokenmeterError):

@@ -1,16 +1,24 @@
-"""The ClickHouse sink: priced events and dead letters to rows, inserted with retry."""
+"""The ClickHouse sink: priced events and dead letters to rows, inserted with retry.
+
+Only transient errors (network, timeouts, an overloaded server) are retried; an insert
+ClickHouse refuses for good (a value that does not fit, a schema mismatch) fails the worker
+loudly instead of retrying forever while every tenant's metering waits behind it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pipeline.budgets import BudgetBreach
+from pipeline.errors import StoreWriteFailed
 from pipeline.events import DeadLetter, PricedUsage
 from pipeline.store.client import Store
 
@@ -38,6 +46,73 @@ DLQ_COLUMNS = (
     "source_topic", "source_partition", "source_offset", "item_index", "reason_code", "detail",
     "raw", "event_id", "tenant_id", "received_at",
 )
+
+
+FAILURE_COLUMNS = ("budget_id", "tenant_id", "failed", "reason", "updated_at")
+
+
+class Fault(StrEnum):
+    """transient: the same insert may succeed later; terminal: it never will."""
+
+    transient = "transient"
+    terminal = "terminal"
+
+
+# ClickHouse error codes (src/Common/ErrorCodes.cpp) of a server that is busy, overloaded or
+# briefly unreachable: the same insert can succeed later
+TRANSIENT_CODES: dict[int, str] = {
+    3: "UNEXPECTED_END_OF_FILE", 32: "ATTEMPT_TO_READ_AFTER_EOF", 159: "TIMEOUT_EXCEEDED",
+    160: "TOO_SLOW", 201: "QUOTA_EXCEEDED", 202: "TOO_MANY_SIMULTANEOUS_QUERIES",
+    203: "NO_FREE_CONNECTION", 209: "SOCKET_TIMEOUT", 210: "NETWORK_ERROR",
+    225: "NO_ZOOKEEPER", 236: "ABORTED", 241: "MEMORY_LIMIT_EXCEEDED",
+    242: "TABLE_IS_READ_ONLY", 252: "TOO_MANY_PARTS", 285: "TOO_FEW_LIVE_REPLICAS",
+    319: "UNKNOWN_STATUS_OF_INSERT", 394: "QUERY_WAS_CANCELLED", 425: "SYSTEM_ERROR",
+    439: "CANNOT_SCHEDULE_TASK", 999: "KEEPER_EXCEPTION", 1000: "POCO_EXCEPTION",
+}
+# codes of an insert that is wrong in itself (its values, types or the schema): retrying
+# the same rows fails the same way (listed for the log; any code not transient is terminal)
+TERMINAL_CODES: dict[int, str] = {
+    6: "CANNOT_PARSE_TEXT", 8: "THERE_IS_NO_COLUMN", 10: "NOT_FOUND_COLUMN_IN_BLOCK",
+    16: "NO_SUCH_COLUMN_IN_TABLE", 27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
+    36: "BAD_ARGUMENTS", 38: "CANNOT_PARSE_DATE", 41: "CANNOT_PARSE_DATETIME",
+    43: "ILLEGAL_TYPE_OF_ARGUMENT", 44: "ILLEGAL_COLUMN", 47: "UNKNOWN_IDENTIFIER",
+    53: "TYPE_MISMATCH", 60: "UNKNOWN_TABLE", 62: "SYNTAX_ERROR", 69: "ARGUMENT_OUT_OF_BOUND",
+    70: "CANNOT_CONVERT_TYPE", 72: "CANNOT_PARSE_NUMBER", 81: "UNKNOWN_DATABASE",
+    117: "INCORRECT_DATA", 131: "TOO_LARGE_STRING_SIZE", 164: "READONLY",
+    321: "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE", 349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
+    407: "DECIMAL_OVERFLOW", 497: "ACCESS_DENIED", 516: "AUTHENTICATION_FAILED",
+}
+_TRANSIENT_NAMES = frozenset(TRANSIENT_CODES.values())
+_HTTP_STATUS = re.compile(r"HTTP status (\d{3})")
+
+
+def classify_store_error(exc: BaseException) -> Fault:
+    """Whether retrying the insert that raised ``exc`` can succeed (pure: inspects only exc).
+
+    A ClickHouse error code decides first; without one, a lost connection or a timeout on
+    our side and an HTTP 5xx are transient, while a value the client cannot even serialize
+    (clickhouse-connect DataError, struct/overflow errors) and anything unknown are terminal:
+    an unknown error retried forever is what stopped metering for everyone.
+    """
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and not isinstance(code, bool):
+        return Fault.transient if code in TRANSIENT_CODES else Fault.terminal
+    name = getattr(exc, "name", None)
+    if isinstance(name, str) and name:
+        return Fault.transient if name in _TRANSIENT_NAMES else Fault.terminal
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return Fault.transient
+    if isinstance(exc, OSError):  # sockets, DNS: the network, not the rows
+        return Fault.transient
+    kind = type(exc).__name__
+    status = _HTTP_STATUS.search(str(exc))
+    if status is not None:
+        return Fault.transient if status.group(1).startswith("5") else Fault.terminal
+    if kind in ("OperationalError", "StreamFailureError", "ProtocolError",
+                "NewConnectionError", "MaxRetryError", "ReadTimeoutError"):
+        # clickhouse-connect's and urllib3's transport failures (no server code)
+        return Fault.transient
+    return Fault.terminal
 
 
 def usage_row(p: PricedUsage, *, late: bool, partition: int, offset: int,
@@ -74,7 +149,8 @@ def breach_row(b: BudgetBreach) -> list[Any]:
 
 
 class Sink:
-    """Inserts batches into ClickHouse; retries with capped backoff until durable."""
+    """Inserts batches into ClickHouse; retries transient errors with capped backoff until
+    durable, and raises StoreWriteFailed at once for a terminal one (sets ``failure``)."""
 
     def __init__(self, store: Store, *, max_backoff_s: float = 10.0) -> None:
         self.store = store
@@ -83,6 +159,7 @@ class Sink:
         self.seconds = 0.0  # time spent in successful inserts (for /metrics and benchmarks)
         self.failures = 0
         self.healthy = True
+        self.failure: str | None = None  # why an insert failed for good; /health reports it
 
     async def write(self, usage: Sequence[Sequence[Any]], dlq: Sequence[Sequence[Any]],
                     token: str | None = None) -> None:
@@ -92,27 +169,38 @@ class Sink:
         commit) is dropped by ClickHouse instead of counted twice in the rollups.
         """
         started = time.perf_counter()
-        await self._retry(lambda: self._write_sync(usage, dlq, token))
+        await self._retry(lambda: self._write_sync(usage, dlq, token), "usage_events")
         self.seconds += time.perf_counter() - started
         self.rows_written += len(usage)
 
     async def write_rows(self, table: str, rows: Sequence[Sequence[Any]],
                          columns: Sequence[str]) -> None:
-        """Insert rows into any ledger table, retrying until durable."""
-        await self._retry(lambda: self.store.insert(table, rows, columns))
+        """Insert rows into any ledger table, retrying transient errors until durable."""
+        await self._retry(lambda: self.store.insert(table, rows, columns), table)
 
-    async def _retry(self, insert: Any) -> None:
+    async def _retry(self, insert: Callable[[], None], table: str) -> None:
         delay = 0.1
         while True:
             try:
                 await asyncio.to_thread(insert)
                 self.healthy = True
                 return
-            except Exception as exc:  # any client error: back off and retry, never drop
+            except Exception as exc:
                 self.failures += 1
                 self.healthy = False
-                log.warning("ClickHouse insert failed (%s); retrying in %.1fs",
-                            str(exc).splitlines()[0][:200], delay)
+                detail = (str(exc).splitlines() or [""])[0][:300]
+                if classify_store_error(exc) is Fault.terminal:
+                    # never dropped, never retried forever: the worker stops, loudly, and a
+                    # restart replays the batch from the committed offsets once it is fixed
+                    self.failure = (
+                        f"ClickHouse refused an insert into {table} for good "
+                        f"({type(exc).__name__}: {detail}); retrying cannot fix it: correct "
+                        "the value or the schema, then restart the worker (it replays from "
+                        "the committed offsets)")
+                    log.error("%s", self.failure)
+                    raise StoreWriteFailed(self.failure) from exc
+                log.warning("ClickHouse insert into %s failed (%s: %s); retrying in %.1fs",
+                            table, type(exc).__name__, detail, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.max_backoff_s)
 
