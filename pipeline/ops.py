@@ -2,6 +2,8 @@
 
 While a worker holds the embedded chDB store the CLI asks it (POST /api/ops/{name}); with
 no worker, or against a ClickHouse server, the CLI runs the same function itself.
+Run by the worker's HTTP API, an operation writes files only under the data directory
+(``OpContext.exports_dir``); run by the CLI it writes where the operator says.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import load_catalog_with_overlays
+from pipeline.clock import clock_for
 from pipeline.errors import ConfigError
 from pipeline.meter import Meter
 from pipeline.scoring import load_policy
@@ -32,6 +35,10 @@ class OpContext:
     store: Store
     publish_event: Publish | None
     now: datetime
+    # set when run for an HTTP caller: export files may only go under this directory
+    exports_dir: Path | None = None
+    # set inside a worker: refreshes its live windows and budget state after re-pricing
+    after_reprice: Callable[[], Awaitable[None]] | None = None
 
     def meter(self) -> Meter:
         """A meter with the catalog as imported right now (prices may have changed)."""
@@ -50,7 +57,30 @@ def _range(body: dict[str, Any]) -> tuple[datetime, datetime]:
     start, end = _day(body.get("from"), "--from"), _day(body.get("to"), "--to")
     if end <= start:
         raise ConfigError("--to must be after --from")
+    # the ledger's DateTime64 holds 1900-2299; outside it ClickHouse fails obscurely
+    if start.year < 1970 or end.year > 2200:
+        raise ConfigError("--from/--to must lie between 1970 and 2200")
     return start, end
+
+
+FOCUS_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
+
+
+def export_path(exports_dir: Path, file: str) -> Path:
+    """Where an HTTP caller's export goes: inside ``exports_dir``, never anywhere else."""
+    if "\x00" in file or ".." in Path(file).parts:
+        raise ConfigError(f"export file {file!r}: give a plain name such as focus.csv "
+                          "(no '..'); the API writes under the data directory's exports/")
+    root = exports_dir.resolve()
+    target = Path(file) if Path(file).is_absolute() else root / file
+    resolved = target.resolve()  # follows symlinks: a link inside exports/ cannot escape
+    if not resolved.is_relative_to(root) or resolved == root:
+        raise ConfigError(f"export file {file!r} is outside {root}; the API writes exports "
+                          "only there (name a file such as focus.csv, or name none to get "
+                          "the export in the response)")
+    if resolved.suffix.lower() not in (".csv", ".parquet"):
+        raise ConfigError(f"export file {file!r}: end it in .csv or .parquet")
+    return resolved
 
 
 async def dlq_list(ctx: OpContext, body: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +105,10 @@ async def export_focus(ctx: OpContext, body: dict[str, Any]) -> dict[str, Any]:
     from pipeline.store.focus import focus_rows, write_focus
 
     start, end = _range(body)
-    path = Path(str(body.get("file") or ""))
+    file = body.get("file")
+    if not isinstance(file, str) or not file.strip():
+        raise ConfigError("give the output FILE (.csv or .parquet)")
+    path = Path(file) if ctx.exports_dir is None else export_path(ctx.exports_dir, file)
     if not path.name:
         raise ConfigError("give the output FILE (.csv or .parquet)")
     rows = await asyncio.to_thread(focus_rows, ctx.store, start, end)
@@ -84,14 +117,41 @@ async def export_focus(ctx: OpContext, body: dict[str, Any]) -> dict[str, Any]:
     return {"file": str(path.resolve()), "rows": len(rows), "billed_cost": format(total, "f")}
 
 
+async def export_focus_bytes(ctx: OpContext, body: dict[str, Any]
+                             ) -> tuple[bytes, str, dict[str, Any]]:
+    """The FOCUS export as file content (``format`` csv or parquet), its type and summary."""
+    import tempfile
+
+    from pipeline.store.focus import focus_rows, write_focus
+
+    start, end = _range(body)
+    kind = body.get("format", "csv")
+    if kind not in FOCUS_TYPES:
+        raise ConfigError(f"format {kind!r}: use csv or parquet")
+    rows = await asyncio.to_thread(focus_rows, ctx.store, start, end)
+
+    def render() -> bytes:
+        with tempfile.TemporaryDirectory(prefix="tokenmeter-focus-") as tmp:
+            out = Path(tmp) / f"focus.{kind}"
+            write_focus(rows, out)
+            return out.read_bytes()
+
+    data = await asyncio.to_thread(render)
+    total = sum((r[0] for r in rows), Decimal(0))
+    return data, FOCUS_TYPES[str(kind)], {"rows": len(rows), "billed_cost": format(total, "f")}
+
+
 async def reprice(ctx: OpContext, body: dict[str, Any]) -> dict[str, Any]:
     """Recompute stored costs with the current catalog."""
     from pipeline.store.reprice import reprice as run
 
     start, end = _range(body)
     catalog = load_catalog_with_overlays(ctx.settings.prices_dir)
-    return await asyncio.to_thread(run, ctx.store, catalog, start, end, ctx.now,
-                                   dry_run=bool(body.get("dry_run")))
+    result: dict[str, Any] = await asyncio.to_thread(run, ctx.store, catalog, start, end,
+                                                     ctx.now, dry_run=bool(body.get("dry_run")))
+    if result["events_repriced"] and not result["dry_run"] and ctx.after_reprice is not None:
+        await ctx.after_reprice()
+    return result
 
 
 async def report(ctx: OpContext, body: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +196,7 @@ async def run_local(settings: Settings, name: str, body: dict[str, Any]) -> dict
             async def publish(key: str, value: bytes) -> None:
                 await sender.send_and_wait(topic, value, key=key.encode())
 
-        ctx = OpContext(settings, store, publish, datetime.now(timezone.utc))
+        ctx = OpContext(settings, store, publish, clock_for(settings.clock_start)())
         return await OPS[name](ctx, body)
     finally:
         if producer is not None:

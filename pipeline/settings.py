@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -43,6 +44,8 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     api_token: SecretStr | None = None
+    # extra Host names the HTTP API answers to (behind a proxy or DNS name); comma-separated
+    allowed_hosts: str = ""
     partitions: int = Field(default=8, ge=1, le=1024)
     app_id: str = "tokenmeter"
     topic_prefix: str = ""
@@ -65,6 +68,39 @@ class Settings(BaseSettings):
                                      description="how often budget_status is refreshed")
     forecast_processes: int = Field(default=2, ge=1, le=64)
     log_level: str = "WARNING"
+    # the worker's clock starts here and runs on (tests and replays of past traffic);
+    # unset: the wall clock
+    clock_start: datetime | None = None
+
+    @field_validator("clock_start")
+    @classmethod
+    def _check_clock(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("give a timezone, e.g. 2027-01-01T00:05:00Z")
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, v: str) -> str:
+        import ipaddress
+
+        names = [n.strip().lower().strip("[]") for n in v.split(",") if n.strip()]
+        for n in names:
+            if ":" in n:  # an IPv6 address, or a name with a port (ports are not matched)
+                try:
+                    ipaddress.IPv6Address(n)
+                    continue
+                except ValueError:
+                    pass
+            if any(c in n for c in "/@:[] \t") or n.startswith("."):
+                raise ValueError(f"expected host names (comma-separated, no scheme or port), "
+                                 f"got {n!r}")
+        return ",".join(names)
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        """TOKENMETER_ALLOWED_HOSTS as a set of lower-case names."""
+        return frozenset(n for n in self.allowed_hosts.split(",") if n)
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -14,6 +14,7 @@ from pipeline.broker import EmbeddedBroker
 from pipeline.settings import Settings, load_settings
 from pipeline.store.client import Store, open_store
 from pipeline.store.migrations import migrate
+from tests.helpers import now
 
 # LiteLLM fetches its price map from GitHub at import unless told to use its bundled copy
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -95,5 +96,7 @@ def subprocess_env(settings: Settings) -> dict[str, str]:
         "TOKENMETER_TOPIC_PREFIX": settings.topic_prefix,
         "TOKENMETER_APP_ID": settings.app_id,
         "TOKENMETER_PARTITIONS": str(settings.partitions),
+        # the worker's clock starts at the suite's pinned instant, never the wall clock's date
+        "TOKENMETER_CLOCK_START": now().isoformat(),
     })
     return env

@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from pipeline.errors import ConfigError, ValidationFailed
@@ -42,8 +42,10 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
                 yield n, line.rstrip("\n")
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+def _now(settings: Settings | None = None) -> datetime:
+    from pipeline.clock import clock_for
+
+    return clock_for(settings.clock_start if settings is not None else None)()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -170,8 +172,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """One JSON verdict per line: {line, ok, reason_code, detail}."""
     from pipeline.validate import decode_message
 
-    meter = _meter(settings_from(args))
-    now = _now()
+    settings = settings_from(args)
+    meter = _meter(settings)
+    now = _now(settings)
     bad = 0
     for n, line in _lines(args.file):
         verdict: dict[str, Any] = {"line": n, "ok": True, "reason_code": None, "detail": None}
@@ -195,7 +198,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     meter = _meter(settings)
-    now = _now()
+    now = _now(settings)
     good: list[dict[str, Any]] = []
     rejected = 0
     for n, line in _lines(args.file):
@@ -236,10 +239,12 @@ def cmd_price(args: argparse.Namespace) -> int:
     from pipeline.cli.pricing import price_events, price_one
 
     if args.events:
-        return price_events(_meter(settings_from(args)), _lines(args.events), _now())
+        settings = settings_from(args)
+        return price_events(_meter(settings), _lines(args.events), _now(settings))
     if not args.model:
         raise ConfigError("give --model (and token counts), or --events FILE")
-    return price_one(args, _now(), settings_from(args).prices_dir)
+    settings = settings_from(args)
+    return price_one(args, _now(settings), settings.prices_dir)
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.budgets import Budget
+from pipeline.clock import clock_for
 from pipeline.errors import BrokerError, ConfigError
 from pipeline.settings import TOPIC_BREACHES, Settings
 
@@ -37,7 +37,7 @@ def _direct(settings: Settings, budget_id: str | None) -> dict[str, Any]:
                 with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
                     task = bar.add_task("forecasting", total=len(budgets))
                     return await run_forecasts(
-                        store, budgets, datetime.now(timezone.utc), publish=publish,
+                        store, budgets, clock_for(settings.clock_start)(), publish=publish,
                         processes=settings.forecast_processes,
                         progress=lambda done, total: bar.update(task, completed=done))
             finally:

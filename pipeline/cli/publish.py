@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.errors import BrokerError
@@ -60,8 +59,10 @@ async def simulate(settings: Settings, *, tenants: int, rate: float, duration: f
     """Send synthetic events at ``rate``/s for ``duration`` s, showing progress."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from pipeline.clock import clock_for
     from pipeline.simulate import Simulator
 
+    clock = clock_for(settings.clock_start)
     sim = Simulator(tenants=tenants, seed=seed)
     producer = await _producer(settings)
     topic = settings.topic(TOPIC_EVENTS)
@@ -76,7 +77,7 @@ async def simulate(settings: Settings, *, tenants: int, rate: float, duration: f
             while sent < total:
                 due = min(total, int((time.monotonic() - started) * rate) + 1)
                 if due > sent:
-                    now = datetime.now(timezone.utc)
+                    now = clock()
                     events = [sim.event(now) for _ in range(due - sent)]
                     for k, v in envelopes(events, batch):
                         await producer.send(topic, v, key=k)

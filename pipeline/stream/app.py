@@ -11,6 +11,7 @@ from typing import Any
 import faust
 
 from pipeline.catalog import Catalog
+from pipeline.clock import Clock, clock_for, wall_clock
 from pipeline.meter import Meter
 from pipeline.scoring import ValuePolicy
 from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, TOPIC_DLQ, TOPIC_EVENTS, Settings
@@ -41,6 +42,7 @@ class Runtime:
     forecast: Any = None
     write_status: Any = None
     failure: str | None = None  # set when the metering agent crashed; /health reports it
+    clock: Clock = wall_clock  # every "now" of this worker (settable: TOKENMETER_CLOCK_START)
 
     @property
     def ready(self) -> bool:
@@ -114,17 +116,18 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
         fut = await budgets_topic.send(key=budget_id.encode(), value=value)
         await fut
 
+    clock = clock_for(settings.clock_start)
     sink = Sink(store)
     live = LiveState(grace=timedelta(seconds=settings.grace_s),
                      horizon=timedelta(days=settings.dedup_horizon_days),
                      max_ids=settings.dedup_max_ids)
     processor = Processor(Meter(catalog, policy), sink, store, live, publish_dlq,
-                          grace=timedelta(seconds=settings.grace_s),
+                          grace=timedelta(seconds=settings.grace_s), clock=clock,
                           publish_breach=publish_breach,
                           partition_of=lambda t: partition_for(t, settings.partitions))
     runtime = Runtime(settings=settings, store=store, processor=processor, app=app,
                       events_topic=events_topic, catalog=catalog,
-                      publish_budget=publish_budget)
+                      publish_budget=publish_budget, clock=clock)
 
     async def budget_feed() -> None:
         await run_budget_feed(settings, processor, sink, runtime.budgets_loaded)
@@ -132,8 +135,6 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     app.task(budget_feed)
 
     async def forecast(budget_id: str | None = None, owned_only: bool = False) -> Any:
-        from datetime import datetime, timezone
-
         from pipeline.forecast_job import run_forecasts
 
         budgets = [b for b in processor.book.budgets.values()
@@ -145,7 +146,7 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
             await publish_breach(b.tenant_id, b.model_dump_json().encode())
 
         async with runtime.forecast_lock:
-            return await run_forecasts(store, budgets, datetime.now(timezone.utc),
+            return await run_forecasts(store, budgets, clock(),
                                        publish=publish, processes=settings.forecast_processes)
 
     runtime.forecast = forecast
@@ -159,10 +160,8 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     app.timer(interval=settings.forecast_interval_s, on_leader=False)(scheduled_forecast)
 
     async def budget_status() -> None:
-        from datetime import datetime, timezone
-
         if runtime.ready and processor.book.budgets:
-            rows = await processor.status_rows(datetime.now(timezone.utc))
+            rows = await processor.status_rows(clock())
             if rows:
                 await sink.write_rows("budget_status", rows, STATUS_COLUMNS)
 

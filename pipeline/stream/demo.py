@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -55,7 +55,7 @@ def add_demo_traffic(runtime: Any, settings: Settings, rate: float) -> None:
             await backfill(producer, topic)
             live = Simulator(tenants=50, seed=7)
             while True:
-                now = datetime.now(timezone.utc)
+                now = runtime.clock()
                 batch = [live.event(now) for _ in range(max(1, int(rate / 10)))]
                 await producer.send(topic, json.dumps(batch).encode(),
                                     key=batch[0]["tenant_id"].encode())
@@ -64,7 +64,7 @@ def add_demo_traffic(runtime: Any, settings: Settings, rate: float) -> None:
             await producer.stop()
 
     async def backfill(producer: Any, topic: str) -> None:
-        now = datetime.now(timezone.utc)
+        now = runtime.clock()
         events = Simulator(tenants=8, seed=11).history(now, HISTORY_DAYS, per_hour=12)
         by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for e in events:

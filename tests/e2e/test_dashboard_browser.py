@@ -10,13 +10,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from pipeline.settings import Settings
 from tests.conftest import ARTIFACTS
+from tests.helpers import now as clock_now
 from tests.integration.test_worker import (
     get,
     produce,
@@ -90,7 +91,7 @@ def shot(pg: Any, name: str) -> None:
 
 def test_dashboard_live_in_chromium(worker: Settings, page: Any) -> None:
     settings = worker
-    now = datetime.now(timezone.utc)
+    now = clock_now()
     traffic = [event(f"acme-{i % 3}", i, now - timedelta(minutes=i % 30),
                      model=("gpt-4o", "gpt-4o-mini", "claude-3-5-haiku")[i % 3],
                      feature=("chat", "search")[i % 2]) for i in range(60)]
@@ -122,7 +123,7 @@ def test_dashboard_live_in_chromium(worker: Settings, page: Any) -> None:
     page.evaluate("window.__sameDocument = true")
     put_budget(settings, "acme-1-tight", {"tenant_id": "acme-1", "period": "day",
                                           "limit": "0.01", "thresholds": [100]})
-    send(settings, [event("acme-1", 999, datetime.now(timezone.utc))])
+    send(settings, [event("acme-1", 999, clock_now())])
     deadline = time.monotonic() + 30
     while not get(settings, "/api/breaches?tenant_id=acme-1")[1].get("breaches"):
         assert time.monotonic() < deadline, "the worker never published the breach"

@@ -6,7 +6,6 @@ import asyncio
 import json
 import random
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from pipeline.store.client import Store
 from pipeline.store.migrations import migrate
 from pipeline.store.queries import run_read_only
 from pipeline.store.sink import STATUS_COLUMNS
+from tests.helpers import now as clock_now
 from tests.integration.test_processor import make_processor, messages, traffic
 
 pytestmark = pytest.mark.integration
@@ -49,14 +49,14 @@ def tokenmeter_db(chdb_root: Store):
     async def go() -> None:
         for i in range(0, len(msgs), 100):
             await proc.process(msgs[i:i + 100])
-        rows = await proc.status_rows(datetime.now(timezone.utc))
+        rows = await proc.status_rows(clock_now())
         await proc.sink.write_rows("budget_status", rows, STATUS_COLUMNS)
         from pipeline.stream.budget_feed import BUDGET_COLUMNS, budget_row
 
         await proc.sink.write_rows("budgets", [budget_row(budget.budget_id, budget,
-                                                          datetime.now(timezone.utc))],
+                                                          clock_now())],
                                    BUDGET_COLUMNS)
-        await run_forecasts(store, [budget], datetime.now(timezone.utc), processes=1)
+        await run_forecasts(store, [budget], clock_now(), processes=1)
 
     asyncio.run(go())
     yield store

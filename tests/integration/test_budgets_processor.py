@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -17,9 +17,9 @@ from pipeline.store.client import Store
 from pipeline.store.sink import Sink
 from pipeline.stream.live import LiveState
 from pipeline.stream.processor import Processor, RawMessage
+from tests.helpers import NOW
 
 pytestmark = pytest.mark.integration
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
 METER = Meter(load_catalog(), load_policy())
 
 

@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
 
 import pytest
 
 from pipeline.settings import Settings
 from tests.conftest import subprocess_env
+from tests.helpers import now as clock_now
 from tests.integration.test_worker import produce, start_worker, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def http(settings: Settings, method: str, path: str, body: dict | None = None) -
 
 
 def event(i: int, tenant: str, tokens: int) -> tuple[bytes, bytes]:
-    e = {"event_id": f"bw-{i}-{tenant}", "timestamp": datetime.now(timezone.utc).isoformat(),
+    e = {"event_id": f"bw-{i}-{tenant}", "timestamp": clock_now().isoformat(),
          "tenant_id": tenant, "provider": "openai", "model": "gpt-4o-mini",
          "input_tokens": tokens, "output_tokens": 0, "task_type": "summarization"}
     return tenant.encode(), json.dumps(e).encode()

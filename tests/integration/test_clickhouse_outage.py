@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +20,7 @@ from pipeline.store.client import Store
 from pipeline.store.sink import Sink
 from pipeline.stream.live import LiveState
 from pipeline.stream.processor import Processor, RawMessage
+from tests.helpers import now as clock_now
 
 pytestmark = pytest.mark.integration
 OUTAGE_S = 30.0
@@ -46,7 +47,7 @@ class FlakyStore:
 def test_outage_backs_off_pauses_and_loses_nothing(store: Store) -> None:
     flaky = FlakyStore(store)
     meter = Meter(load_catalog(), load_policy())
-    now = datetime.now(timezone.utc)
+    now = clock_now()
 
     async def dlq(key: str | None, value: bytes) -> None:
         return None

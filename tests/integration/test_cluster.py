@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from pipeline.store.client import Store, open_store
 from pipeline.store.migrations import migrate
 from pipeline.store.sink import USAGE_COLUMNS
 from tests.conftest import free_port, subprocess_env
+from tests.helpers import now as clock_now
 from tests.integration.test_worker import METER, get, produce
 
 pytestmark = pytest.mark.integration
@@ -64,7 +65,7 @@ def http_store(served: str, tmp_path: Path) -> Iterator[Store]:
 
 
 def test_clickhouse_connect_talks_to_the_served_store(http_store: Store) -> None:
-    now = datetime.now(timezone.utc)
+    now = clock_now()
     p = METER.meter_object(Simulator(tenants=1, seed=3, text_share=0.0).event(now), now=now)
     from pipeline.store.sink import usage_row
 
@@ -124,10 +125,10 @@ def test_two_workers_share_partitions_and_totals_stay_exact(
     a = load_settings(**base, data_dir=str(tmp_path / "a"), web_port=free_port())
     b = load_settings(**base, data_dir=str(tmp_path / "b"), web_port=free_port())
     rng = random.Random(11)
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    hour = clock_now().replace(minute=0, second=0, microsecond=0)
     sim = Simulator(tenants=12, seed=11, text_share=0.0)
     events = [sim.event(hour + timedelta(seconds=rng.randint(0, 3599))) for _ in range(4500)]
-    now = datetime.now(timezone.utc)
+    now = clock_now()
     truth = sum((METER.meter_object(e, now=now).total_cost for e in events), Decimal(0))
 
     def msgs(batch: list[dict]) -> list[tuple[bytes, bytes]]:

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -23,6 +23,7 @@ from pipeline.scoring import load_policy
 from pipeline.settings import Settings, load_settings
 from pipeline.simulate import Simulator
 from tests.conftest import free_port, subprocess_env
+from tests.helpers import now as clock_now
 from tests.integration.test_worker import get, produce, query, wait_events, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -39,13 +40,13 @@ def test_sigkill_five_times_exact_totals_and_breaches(tmp_path, topic_prefix: st
                                        data_dir=str(tmp_path / "data"), web_port=free_port(),
                                        topic_prefix=topic_prefix, app_id="crash", partitions=4)
     rng = random.Random(7)
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    hour = clock_now().replace(minute=0, second=0, microsecond=0)
     sim = Simulator(tenants=10, seed=7, text_share=0.0)
     events = [sim.event(hour + timedelta(seconds=rng.randint(0, 3599))) for _ in range(4000)]
     stream = events + rng.sample(events, 400)  # 10% exact duplicates
     rng.shuffle(stream)
     truth: dict[str, Decimal] = defaultdict(Decimal)
-    now = datetime.now(timezone.utc)
+    now = clock_now()
     for e in events:
         truth[e["tenant_id"]] += METER.meter_object(e, now=now).total_cost
     limit = (truth["tenant-00000"] * Decimal("0.9")).quantize(Decimal("0.000001"))

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 from pipeline.integrations.litellm import TokenmeterCallback
 from pipeline.sdk import UsageProducer
 from pipeline.settings import Settings
+from tests.helpers import now as clock_now
 from tests.integration.test_worker import (
     produce,
     query,
@@ -56,7 +57,7 @@ def kcat(settings: Settings, libdir: Path, *args: str, stdin: str = "") -> subpr
 
 
 def event(tenant: str, **counts: int) -> dict:
-    stamp = datetime.now(timezone.utc) - timedelta(minutes=1)
+    stamp = clock_now() - timedelta(minutes=1)
     return {"event_id": str(uuid.uuid4()), "timestamp": stamp.isoformat(), "tenant_id": tenant,
             "provider": "openai", "model": "gpt-4o-mini", **counts}
 

@@ -16,22 +16,25 @@ from pipeline.ops import OpContext, dlq_list, dlq_replay, export_focus, report, 
 from pipeline.report import html_report
 from pipeline.settings import load_settings
 from pipeline.store.client import Store
+from tests.helpers import NOW
 from tests.integration.test_processor import make_processor, messages
 
 pytestmark = pytest.mark.integration
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
 DAY = NOW - timedelta(days=2)
 
 
-def ev(i: int, model: str = "gpt-4o-mini", tenant: str = "tenant-00001") -> dict:
-    return {"event_id": f"op-{i}", "timestamp": (DAY + timedelta(minutes=i)).isoformat(),
+def ev(i: int, model: str = "gpt-4o-mini", tenant: str = "tenant-00001",
+       start: datetime = DAY, step: timedelta = timedelta(minutes=1)) -> dict:
+    return {"event_id": f"op-{i}", "timestamp": (start + i * step).isoformat(),
             "tenant_id": tenant, "provider": "openai", "model": model,
             "input_tokens": 1000 * (i + 1), "output_tokens": 100}
 
 
-def fill(store: Store) -> None:
+def fill(store: Store, start: datetime = DAY,
+         step: timedelta = timedelta(minutes=1)) -> None:
     proc, _ = make_processor(store)
-    events = [ev(i) for i in range(10)] + [ev(100 + i, model="newco-7b") for i in range(3)]
+    events = ([ev(i, start=start, step=step) for i in range(10)]
+              + [ev(100 + i, model="newco-7b", start=start, step=step) for i in range(3)])
     events.append({"event_id": "t1", "timestamp": NOW.isoformat(), "tenant_id": "tenant-00001",
                    "provider": "openai", "model": "newco-7b", "input_text": "secret words",
                    "output_text": "more"})
@@ -176,12 +179,16 @@ def test_reprice_rollups_stay_exact_when_inserts_land_in_between(store: Store,
 
 
 def test_report(store: Store, tmp_path: Path) -> None:
-    fill(store)
+    # the month's first minutes hold the events, so the report has data whatever day NOW is
+    # (with events two days back it had none on the 1st and 2nd of a month)
+    month_start = NOW.replace(day=1, hour=0, minute=0, second=0)
+    fill(store, start=month_start, step=timedelta(seconds=20))
+    fill_before = month_start - timedelta(days=1)  # last month's spend is not this month's
+    asyncio.run(make_processor(store)[0].process(messages([ev(50, start=fill_before)])))
     data = asyncio.run(report(ctx(store, tmp_path), {"tenant": "tenant-00001",
                                                      "period": "month"}))
-    month_start = NOW.replace(day=1, hour=0, minute=0, second=0)
-    expected = sum(1 for i in range(10) if DAY + timedelta(minutes=i) >= month_start)
-    assert data["total"]["events"] == expected
-    assert [m[0] for m in data["models"]] == (["gpt-4o-mini"] if expected else [])
+    assert data["total"]["events"] == 10
+    assert [m[0] for m in data["models"]] == ["gpt-4o-mini"]
+    assert [str(d) for d, _ in data["daily"]] == [month_start.date().isoformat()]
     page = html_report(data)
     assert "<svg" in page and "tenant-00001" in page

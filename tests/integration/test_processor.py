@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -20,9 +20,9 @@ from pipeline.store.client import Store
 from pipeline.store.sink import Sink
 from pipeline.stream.live import LiveState
 from pipeline.stream.processor import Processor, RawMessage
+from tests.helpers import NOW
 
 pytestmark = pytest.mark.integration
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
 HOUR = NOW.replace(minute=0, second=0)  # recent traffic: the previous and the current hour
 METER = Meter(load_catalog(), load_policy())
 

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -23,6 +23,7 @@ from pipeline.settings import Settings
 from pipeline.simulate import Simulator
 from pipeline.stream.topics import ensure_topics
 from tests.conftest import subprocess_env
+from tests.helpers import now as clock_now
 
 pytestmark = pytest.mark.integration
 METER = Meter(load_catalog(), load_policy())
@@ -107,7 +108,7 @@ def wait_events(settings: Settings, n: int, timeout: float = 60) -> int:
 def make_traffic(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     sim = Simulator(tenants=8, seed=seed)
-    now = datetime.now(timezone.utc)
+    now = clock_now()
     return [sim.event(now - timedelta(seconds=rng.randint(0, 1200))) for _ in range(n)]
 
 
@@ -132,14 +133,14 @@ def as_messages(events: list[dict], seed: int) -> list[tuple[bytes, bytes]]:
 
 def truth(events: list[dict]) -> dict[str, Decimal]:
     out: dict[str, Decimal] = defaultdict(Decimal)
-    now = datetime.now(timezone.utc)
+    now = clock_now()
     for e in events:
         out[e["tenant_id"]] += METER.meter_object(e, now=now).total_cost
     return dict(out)
 
 
 def hour_truth(events: list[dict], tenant: str) -> tuple[Decimal, int]:
-    now = datetime.now(timezone.utc)
+    now = clock_now()
     start = now.replace(minute=0, second=0, microsecond=0)
     cost, n = Decimal(0), 0
     for e in events:
