@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: .venv demo test lint typecheck bench clean system-deps assets
+.PHONY: .venv demo test test-clocks lint typecheck bench clean system-deps assets
 
 # Chart.js for the dashboard, from the npm registry (dashboard/package-lock.json), copied
 # next to the page; generated, not committed
@@ -43,6 +43,14 @@ system-deps:
 
 test: $(STAMP) system-deps $(CHART)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-clocks
+
+# the date-sensitive tests again at a month's first minutes, a year's last, and DST changes
+test-clocks: $(STAMP)
+	@for t in $$($(PY) -c 'from tests.helpers import CLOCKS; print(*CLOCKS)'); do \
+	  echo "clock pinned at $$t"; \
+	  TOKENMETER_TEST_NOW=$$t $(PY) -m pytest -q -m clock $(PYTEST_ARGS) || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline tests bench examples

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ARTIFACTS, free_port, process_gone
+from tests.helpers import now as clock_now
 
 pytestmark = pytest.mark.e2e
 TM = [sys.executable, "-m", "pipeline.cli"]
@@ -24,7 +25,7 @@ def _env(tmp: Path, kafka_port: int, web_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
     env.update(TOKENMETER_KAFKA_BOOTSTRAP=f"127.0.0.1:{kafka_port}",
                TOKENMETER_WEB_PORT=str(web_port), TOKENMETER_DATA_DIR=str(tmp / "data"),
-               TOKENMETER_PARTITIONS="4")
+               TOKENMETER_PARTITIONS="4", TOKENMETER_CLOCK_START=clock_now().isoformat())
     return env
 
 

@@ -19,7 +19,8 @@ from pipeline.store.sink import STATUS_COLUMNS
 from tests.helpers import now as clock_now
 from tests.integration.test_processor import make_processor, messages, traffic
 
-pytestmark = pytest.mark.integration
+# date-sensitive: `make test-clocks` runs it again at each instant of tests.helpers.CLOCKS
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 

@@ -19,7 +19,8 @@ from pipeline.store.client import Store
 from tests.helpers import NOW
 from tests.integration.test_processor import make_processor, messages
 
-pytestmark = pytest.mark.integration
+# date-sensitive: `make test-clocks` runs it again at each instant of tests.helpers.CLOCKS
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 DAY = NOW - timedelta(days=2)
 
 
