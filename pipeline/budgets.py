@@ -33,6 +33,9 @@ MAX_POOLS = 20
 MAX_POOL_NAME = 64
 # wide enough for any spent * 100 / limit the bounds admit, so quantize never overflows
 _WIDE = Context(prec=80)
+# what the budget_breaches columns hold: amounts Decimal(38, 12), percent Decimal(76, 6)
+MAX_AMOUNT = Decimal(10) ** 26
+MAX_PERCENT = Decimal(10) ** 70
 
 
 def _places(v: Decimal) -> int:
@@ -315,10 +318,17 @@ def evaluate(budget: Budget, pool: str, period: tuple[datetime, datetime], spent
         bid = breach_id(budget.budget_id, period[0], pool, "threshold", t, limit)
         if bid in already:
             continue
+        if not (spent < MAX_AMOUNT and limit < MAX_AMOUNT and spent * 100 < MAX_PERCENT * limit):
+            # checked here, before the sink: a row ClickHouse must refuse would stop the
+            # worker, while this fails only the budget (which the processor then skips)
+            raise ValueError(
+                f"breach of budget {budget.budget_id!r} does not fit the ledger (spent "
+                f"{spent:f} of limit {limit:f}): give the budget a limit from {MIN_LIMIT}")
+        percent = percent_of(spent, limit, Decimal("0.01"))
         out.append(BudgetBreach(
             breach_id=bid, budget_id=budget.budget_id, tenant_id=budget.tenant_id,
             kind=BreachKind.threshold, threshold_pct=t, spent=spent, limit=limit,
-            percent=percent_of(spent, limit, Decimal("0.01")), metric=budget.metric,
+            percent=percent, metric=budget.metric,
             period_start=period[0], period_end=period[1], pool=pool,
             severity=severity_for(t), action=action_for(budget, pool, t), mode=budget.mode,
             triggering_event_id=triggering_event_id, emitted_at=now,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,24 +31,57 @@ def budget_row(budget_id: str, budget: Budget | None, at: datetime) -> list[Any]
             budget.metric.value, budget.limit, budget.mode.value, budget.timezone, False, at]
 
 
-def decode_budget(key: bytes | None, value: bytes | None) -> tuple[str, Budget | None] | None:
-    """(budget_id, budget or None for a deletion), or None for an unusable message."""
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """One budgets-topic message: a budget, a deletion (budget None) or a problem."""
+
+    budget_id: str
+    budget: Budget | None
+    problem: str | None = None  # why the message is not a usable budget
+    tenant_id: str = ""  # as far as the message says, for reporting a problem
+
+
+def problems(exc: ValidationError) -> str:
+    """One readable line per validation problem: `field: what is wrong`."""
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'budget'}: {e['msg']}"
+                     for e in exc.errors())[:500]
+
+
+def _tenant_of(value: bytes | str) -> str:
+    try:
+        tenant = json.loads(value).get("tenant_id", "")
+    except (ValueError, AttributeError):
+        return ""
+    return tenant[:256] if isinstance(tenant, str) else ""
+
+
+def parse_budget(key: bytes | None, value: bytes | None) -> Parsed | None:
+    """The message as a budget, a deletion or a problem; None without a key (no budget)."""
     if key is None:
         return None
     budget_id = key.decode("utf-8", "replace")
     if value is None:
-        return budget_id, None
+        return Parsed(budget_id, None)
     try:
         budget = Budget.model_validate_json(value)
     except ValidationError as exc:
-        log.warning("ignoring invalid budget %r on the budgets topic: %s", budget_id,
-                    str(exc).splitlines()[0])
-        return None
+        return Parsed(budget_id, None, f"invalid budget: {problems(exc)}", _tenant_of(value))
     if budget.budget_id != budget_id:
-        log.warning("ignoring budget whose key %r differs from its budget_id %r",
-                    budget_id, budget.budget_id)
+        return Parsed(budget_id, None, f"the message key {budget_id!r} differs from its "
+                      f"budget_id {budget.budget_id!r}", budget.tenant_id)
+    return Parsed(budget_id, budget)
+
+
+def decode_budget(key: bytes | None, value: bytes | None) -> tuple[str, Budget | None] | None:
+    """(budget_id, budget or None for a deletion), or None for an unusable message."""
+    parsed = parse_budget(key, value)
+    if parsed is None:
         return None
-    return budget_id, budget
+    if parsed.problem is not None:
+        log.warning("ignoring budget %r on the budgets topic: %s", parsed.budget_id,
+                    parsed.problem)
+        return None
+    return parsed.budget_id, parsed.budget
 
 
 async def run_budget_feed(settings: Settings, processor: Processor, sink: Sink,
@@ -56,8 +91,16 @@ async def run_budget_feed(settings: Settings, processor: Processor, sink: Sink,
 
     for budget_id, spec, deleted in await asyncio.to_thread(ledger.stored_budgets,
                                                             processor.store):
-        if not deleted:
-            await processor.budget_changed(budget_id, Budget.model_validate_json(spec))
+        if deleted:
+            continue
+        try:
+            budget = Budget.model_validate_json(spec)
+        except ValidationError as exc:
+            # mirrored before today's bounds: report and skip it, never crash the feed
+            await processor.budget_invalid(budget_id, _tenant_of(spec),
+                                           f"invalid budget in the mirror: {problems(exc)}")
+            continue
+        await processor.budget_changed(budget_id, budget)
     topic = settings.topic(TOPIC_BUDGETS)
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
                                 **kafka_client_options(settings))
@@ -76,12 +119,18 @@ async def run_budget_feed(settings: Settings, processor: Processor, sink: Sink,
             rows = []
             for msgs in batch.values():
                 for m in msgs:
-                    decoded = decode_budget(m.key, m.value)
-                    if decoded is None:
+                    parsed = parse_budget(m.key, m.value)
+                    if parsed is None:
+                        continue
+                    if parsed.problem is not None:
+                        # reported and skipped: the compacted topic replays it on every
+                        # start, and it must not stop the feed (or metering) then either
+                        await processor.budget_invalid(parsed.budget_id, parsed.tenant_id,
+                                                       parsed.problem)
                         continue
                     at = datetime.fromtimestamp(m.timestamp / 1000, tz=timezone.utc)
-                    await processor.budget_changed(*decoded)
-                    rows.append(budget_row(decoded[0], decoded[1], at))
+                    await processor.budget_changed(parsed.budget_id, parsed.budget)
+                    rows.append(budget_row(parsed.budget_id, parsed.budget, at))
             if rows:
                 await sink.write_rows("budgets", rows, BUDGET_COLUMNS)
             if not loaded.is_set():

@@ -18,13 +18,24 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from pipeline.budgets import Budget, BudgetBreach, period_bounds
+from pipeline.budgets import Budget, BudgetBreach, percent_of, period_bounds
+from pipeline.errors import StoreError
 from pipeline.events import DeadLetter, PricedUsage
-from pipeline.meter import Meter, Source
+from pipeline.meter import Meter, Metered, Source
+from pipeline.placement import Move, place
 from pipeline.spend import is_late
 from pipeline.store import state as ledger
 from pipeline.store.client import Store
-from pipeline.store.sink import BREACH_COLUMNS, Sink, breach_row, dlq_row, usage_row
+from pipeline.store.sink import (
+    BREACH_COLUMNS,
+    FAILURE_COLUMNS,
+    Fault,
+    Sink,
+    breach_row,
+    classify_store_error,
+    dlq_row,
+    usage_row,
+)
 from pipeline.stream.budget_state import BudgetBook, BudgetTracker, PeriodSpend
 from pipeline.stream.live import LiveState, PartitionState
 
@@ -42,6 +53,8 @@ class RawMessage:
 
 
 Publish = Callable[[str | None, bytes], Awaitable[Any]]
+# (partition, key, value) -> delivery future: re-sends events to their tenant's partition
+Forward = Callable[[int, str, bytes], Awaitable[Any]]
 
 
 @dataclass
@@ -56,6 +69,9 @@ class Staged:
     dlq_rows: list[list[Any]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     breaches: list[BudgetBreach] = field(default_factory=list)
+    failures: list[list[Any]] = field(default_factory=list)  # budget_failures rows
+    moves: list[Move] = field(default_factory=list)  # events that belong on another partition
+    moved: list[Any] | None = None  # their delivery futures once sent
     sent: list[Any] | None = None  # delivery futures once the breaches were sent early
     token: str | None = None
 
@@ -65,7 +81,8 @@ def merge_staged(group: list[Staged]) -> Staged:
     if len(group) == 1:
         return group[0]
     sent: list[Any] = []
-    out = Staged(sent=sent)
+    moved: list[Any] = []
+    out = Staged(sent=sent, moved=moved)
     for st in group:
         out.messages += st.messages
         out.events += st.events
@@ -75,7 +92,10 @@ def merge_staged(group: list[Staged]) -> Staged:
         out.dlq_rows += st.dlq_rows
         out.dead += st.dead
         out.breaches += st.breaches
+        out.failures += st.failures
         sent += st.sent or []
+        out.moves += st.moves
+        moved += st.moved if st.moved is not None else []
     tokens = [st.token for st in group if st.token]
     # the same rows give the same token, so a retry of this insert is dropped, not counted
     out.token = hashlib.blake2b("|".join(tokens).encode(), digest_size=16).hexdigest() \
@@ -94,6 +114,18 @@ class Metrics:
         self.dead = Counter[str]()
         self.batches = 0
         self.breaches = 0
+        self.moved = 0  # events re-sent to their tenant's partition
+
+
+def must_propagate(exc: BaseException) -> bool:
+    """True for errors of the store itself (down, or a write refused for good): they stop
+    the worker as before, instead of being blamed on the budget that was being evaluated."""
+    return isinstance(exc, StoreError) or classify_store_error(exc) is Fault.transient
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a budget failed (for budget list, the dashboard and /health)."""
+    return f"evaluation raised {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:300]
 
 
 def utc_now() -> datetime:
@@ -109,6 +141,7 @@ class Processor:
                  clock: Callable[[], datetime] = utc_now,
                  publish_breach: Publish | None = None,
                  partition_of: Callable[[str], int] = lambda tenant: 0,
+                 forward: Forward | None = None,
                  max_pending_rows: int = 20_000) -> None:
         self.meter = meter
         self.sink = sink
@@ -117,11 +150,15 @@ class Processor:
         self.publish_dlq = publish_dlq
         self.publish_breach = publish_breach
         self.partition_of = partition_of
+        self.forward = forward
         self.grace = grace
         self.clock = clock
         self.metrics = Metrics()
         self.book = BudgetBook()
         self.tracker = BudgetTracker()
+        # budgets skipped until they change: id -> why (invalid, or their evaluation raised);
+        # one broken budget must never stop metering for every other budget and tenant
+        self.failed_budgets: dict[str, str] = {}
         self.max_pending_rows = max_pending_rows
         self._pending: list[tuple[Staged, Callable[[], Awaitable[None]]]] = []
         self._picked = asyncio.Event()  # set whenever the writer takes the pending batches
@@ -148,6 +185,7 @@ class Processor:
         # replays the batch, which crosses the same thresholds and repeats the same
         # breach_ids (allowed); waiting for the write put inserts on the breach path
         staged.sent = await self._send(staged.breaches)
+        staged.moved = await self._move(staged.moves)
         # bounded memory: wait while the writer is behind by max_pending_rows
         while self._pending and sum(len(st.rows) + len(st.dlq_rows)
                                     for st, _ in self._pending) >= self.max_pending_rows:
@@ -193,8 +231,17 @@ class Processor:
         now = self.clock()
         candidates: list[tuple[RawMessage, PricedUsage]] = []
         for msg in batch:
-            metered = self.meter.meter_message(
-                msg.value or b"", now=now, source=Source(msg.topic, msg.partition, msg.offset))
+            source = Source(msg.topic, msg.partition, msg.offset)
+            metered = self.meter.meter_message(msg.value or b"", now=now, source=source)
+            if self.forward is not None and any(
+                    self.partition_of(p.tenant_id) != msg.partition for p in metered.priced):
+                # dedup is per partition: an event keyed by anything but its tenant moves to
+                # the tenant's partition first, so one event_id can never be stored twice
+                placed = place(self.meter, msg.value or b"", msg.partition, self.partition_of,
+                               now)
+                staged.moves.extend(placed.moves)
+                metered = (self.meter.meter_message(placed.keep, now=now, source=source)
+                           if placed.keep is not None else Metered())
             candidates.extend((msg, p) for p in metered.priced)
             for i, d in enumerate(metered.dead):
                 staged.dlq_rows.append(dlq_row(d, i))
@@ -220,9 +267,17 @@ class Processor:
             touched[msg.partition] = st
         for st in touched.values():
             st.expire(self.grace)
-        for ps, tier, amount, event_id in await self._budget_hits([p for _, p in fresh]):
-            ps.add(tier, amount)
-            staged.breaches.extend(ps.evaluate(now, event_id))
+        for ps, tier, amount, event_id in await self._budget_hits([p for _, p in fresh],
+                                                                  now, staged.failures):
+            if ps.budget.budget_id in self.failed_budgets:
+                continue  # failed earlier in this batch
+            try:
+                ps.add(tier, amount)
+                staged.breaches.extend(ps.evaluate(now, event_id))
+            except Exception as exc:
+                if must_propagate(exc):
+                    raise
+                staged.failures.append(self._fail(ps.budget, failure_reason(exc), now))
         if self.tracker.periods:
             self.tracker.expire(now)
         # the token names exactly this set of rows: a retry of the same insert is dropped by
@@ -236,7 +291,13 @@ class Processor:
 
     async def commit(self, staged: Staged) -> None:
         """Make a staged batch durable, then publish its dead letters and breaches."""
+        # moved events are acked with this batch: their re-sends must be in Kafka first
+        moved = staged.moved if staged.moved is not None else await self._move(staged.moves)
+        await asyncio.gather(*(f for f in moved if f is not None))
+        self.metrics.moved += sum(m.events for m in staged.moves)
         await self.sink.write(staged.rows, staged.dlq_rows, token=staged.token)
+        if staged.failures:
+            await self.sink.write_rows("budget_failures", staged.failures, FAILURE_COLUMNS)
         for d in staged.dead:
             self.metrics.dead[d.reason_code] += 1
             await self.publish_dlq(d.tenant_id, d.model_dump_json().encode())
@@ -274,31 +335,79 @@ class Processor:
             fresh.extend(x for x in unknown if (x[1].tenant_id, x[1].event_id) not in stored)
         return fresh
 
-    async def _budget_hits(self, fresh: list[PricedUsage]
+    async def _budget_hits(self, fresh: list[PricedUsage], now: datetime,
+                           failures: list[list[Any]]
                            ) -> list[tuple[PeriodSpend, str, Decimal, str]]:
         """(period, tier, amount, event_id) for every event x matching budget.
 
         Periods not yet tracked are loaded from the ledger first, before this batch is
-        written, so the batch is counted exactly once.
+        written, so the batch is counted exactly once. A budget that raises is marked failed
+        (a row appended to ``failures``) and skipped; every other budget goes on.
         """
-        wanted: list[tuple[Budget, PricedUsage, datetime, datetime]] = []
+        wanted: list[tuple[Budget, PricedUsage, datetime, Decimal]] = []
         missing: dict[tuple[str, datetime], tuple[Budget, datetime, datetime]] = {}
         for p in fresh:
             for b in self.book.for_tenant(p.tenant_id):
-                if not b.matches(p):
+                if b.budget_id in self.failed_budgets:
                     continue
-                start, end = period_bounds(b.period, b.tz, p.timestamp)
-                wanted.append((b, p, start, end))
+                try:
+                    if not b.matches(p):
+                        continue
+                    start, end = period_bounds(b.period, b.tz, p.timestamp)
+                    amount = b.measure(p)
+                except Exception as exc:
+                    failures.append(self._fail(b, failure_reason(exc), now))
+                    continue
+                wanted.append((b, p, start, amount))
                 if self.tracker.get(b.budget_id, start) is None:
                     missing[(b.budget_id, start)] = (b, start, end)
         for b, start, end in missing.values():
-            await self.load_period(b, start, end)
+            if b.budget_id in self.failed_budgets:
+                continue
+            try:
+                await self.load_period(b, start, end)
+            except Exception as exc:
+                if must_propagate(exc):
+                    raise
+                failures.append(self._fail(b, failure_reason(exc), now))
         hits = []
-        for b, p, start, _ in wanted:
+        for b, p, start, amount in wanted:
             ps = self.tracker.get(b.budget_id, start)
-            if ps is not None:
-                hits.append((ps, p.value_tier, b.measure(p), p.event_id))
+            if ps is not None and b.budget_id not in self.failed_budgets:
+                hits.append((ps, p.value_tier, amount, p.event_id))
         return hits
+
+    def _fail(self, budget: Budget, reason: str, now: datetime) -> list[Any]:
+        """Mark a budget failed until it changes; returns its budget_failures row."""
+        self.failed_budgets[budget.budget_id] = reason
+        self.tracker.forget(budget.budget_id)  # a new version reloads from the ledger
+        log.error("budget %r of tenant %r is skipped until it changes: %s; metering and "
+                  "every other budget go on", budget.budget_id, budget.tenant_id, reason)
+        return [budget.budget_id, budget.tenant_id, True, reason, now]
+
+    async def budget_invalid(self, budget_id: str, tenant_id: str, reason: str) -> None:
+        """A budget on the topic (or mirror) that does not validate: drop it, mark it failed."""
+        async with self.lock:
+            self.book.delete(budget_id)
+            self.tracker.forget(budget_id)
+            if self.failed_budgets.get(budget_id) == reason:
+                return  # the same invalid message replayed: reported already
+            self.failed_budgets[budget_id] = reason
+            log.error("budget %r of tenant %r is invalid and skipped: %s", budget_id,
+                      tenant_id, reason)
+            await self.sink.write_rows("budget_failures",
+                                       [[budget_id, tenant_id, True, reason, self.clock()]],
+                                       FAILURE_COLUMNS)
+
+    async def _evaluate_isolated(self, budget: Budget, now: datetime) -> None:
+        """evaluate_budget, marking the budget failed instead of raising (store errors aside)."""
+        try:
+            await self.evaluate_budget(budget, now)
+        except Exception as exc:
+            if must_propagate(exc):
+                raise
+            row = self._fail(budget, failure_reason(exc), now)
+            await self.sink.write_rows("budget_failures", [row], FAILURE_COLUMNS)
 
     async def load_period(self, b: Budget, start: datetime, end: datetime) -> PeriodSpend:
         """Track a budget period from the ledger's totals and already-fired breaches."""
@@ -306,6 +415,12 @@ class Processor:
         by_tier = await asyncio.to_thread(ledger.period_spend, self.store, b, start, end)
         fired = await asyncio.to_thread(ledger.fired_breaches, self.store, b.budget_id, start)
         return self.tracker.load(b, start, end, by_tier, fired)
+
+    async def _move(self, moves: list[Move]) -> list[Any]:
+        """Re-send misplaced events to their tenant's partition; returns delivery futures."""
+        if self.forward is None:
+            return []
+        return [await self.forward(m.partition, m.key, m.value) for m in moves]
 
     async def _send(self, breaches: list[BudgetBreach]) -> list[Any]:
         """Send breaches; returns their delivery futures (awaited together, not one by one)."""
@@ -335,16 +450,25 @@ class Processor:
     async def status_rows(self, now: datetime) -> list[list[Any]]:
         """budget_status rows (current period) of the budgets whose tenants this worker owns."""
         rows = []
+        failures = []
         async with self.lock:
             for b in list(self.book.budgets.values()):
-                if self.partition_of(b.tenant_id) not in self.live.partitions:
+                if (self.partition_of(b.tenant_id) not in self.live.partitions
+                        or b.budget_id in self.failed_budgets):
                     continue
-                start, end = period_bounds(b.period, b.tz, now)
-                ps = self.tracker.get(b.budget_id, start) or await self.load_period(b, start, end)
-                spent = ps.spent.get("", Decimal(0))
-                rows.append([b.budget_id, b.tenant_id, start, end, b.metric.value, spent,
-                             b.limit, (spent * 100 / b.limit).quantize(Decimal("0.000001")),
-                             b.mode.value, now])
+                try:
+                    start, end = period_bounds(b.period, b.tz, now)
+                    ps = self.tracker.get(b.budget_id, start) or await self.load_period(
+                        b, start, end)
+                    spent = ps.spent.get("", Decimal(0))
+                    rows.append([b.budget_id, b.tenant_id, start, end, b.metric.value, spent,
+                                 b.limit, percent_of(spent, b.limit), b.mode.value, now])
+                except Exception as exc:
+                    if must_propagate(exc):
+                        raise
+                    failures.append(self._fail(b, failure_reason(exc), now))
+            if failures:
+                await self.sink.write_rows("budget_failures", failures, FAILURE_COLUMNS)
         return rows
 
     async def budget_changed(self, budget_id: str, budget: Budget | None) -> None:
@@ -352,10 +476,18 @@ class Processor:
         async with self.lock:
             old = self.book.put(budget) if budget is not None else self.book.delete(budget_id)
             if budget is not None and old == budget:
-                return
+                return  # replayed unchanged (a failed one stays failed until it changes)
             self.tracker.forget(budget_id)
+            now = self.clock()
+            if self.failed_budgets.pop(budget_id, None) is not None:
+                # a new version (or a deletion) gets a fresh start; it is marked again if
+                # it fails again
+                tenant = budget.tenant_id if budget is not None else ""
+                await self.sink.write_rows("budget_failures",
+                                           [[budget_id, tenant, False, "", now]],
+                                           FAILURE_COLUMNS)
             if budget is not None and self.partition_of(budget.tenant_id) in self.live.partitions:
-                await self.evaluate_budget(budget, self.clock())
+                await self._evaluate_isolated(budget, now)
 
     async def rebuild(self, partitions: set[int]) -> None:
         """Rebuild live state of newly assigned partitions from the ledger, then catch up
@@ -365,6 +497,7 @@ class Processor:
             await asyncio.to_thread(self.live.rebuild, self.store, partitions, self.clock())
             now = self.clock()
             for b in list(self.book.budgets.values()):
-                if self.partition_of(b.tenant_id) in partitions:
+                if self.partition_of(b.tenant_id) in partitions \
+                        and b.budget_id not in self.failed_budgets:
                     self.tracker.forget(b.budget_id)
-                    await self.evaluate_budget(b, now)
+                    await self._evaluate_isolated(b, now)
