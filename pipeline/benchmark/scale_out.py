@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,13 +34,13 @@ from pipeline.broker import EmbeddedBroker
 from pipeline.stream.cluster import stop_all
 
 
-def _serve(data: str) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(data: str, password: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "clickhouse", "--listen", f"127.0.0.1:{port}"],
-        env={**env, "TOKENMETER_DATA_DIR": data}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+        env={**env, "TOKENMETER_DATA_DIR": data, "TOKENMETER_CLICKHOUSE_PASSWORD": password},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     dsn = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -52,7 +53,7 @@ def _serve(data: str) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("tokenmeter clickhouse did not start")
 
 
-def group_rate(bootstrap: str, dsn: str, prefix: str, n: int, partitions: int,
+def group_rate(bootstrap: str, dsn: str, password: str, prefix: str, n: int, partitions: int,
                workers: int) -> float:
     """events/s of ``workers`` workers together, from full assignment to the n-th event."""
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
@@ -63,7 +64,8 @@ def group_rate(bootstrap: str, dsn: str, prefix: str, n: int, partitions: int,
         for i in range(workers):
             port = free_port()
             env = {**base, "TOKENMETER_KAFKA_BOOTSTRAP": bootstrap,
-                   "TOKENMETER_CLICKHOUSE_DSN": dsn, "TOKENMETER_CLICKHOUSE_DATABASE": database,
+                   "TOKENMETER_CLICKHOUSE_DSN": dsn, "TOKENMETER_CLICKHOUSE_PASSWORD": password,
+                   "TOKENMETER_CLICKHOUSE_DATABASE": database,
                    "TOKENMETER_DATA_DIR": str(Path(data) / str(i)),
                    "TOKENMETER_WEB_PORT": str(port), "TOKENMETER_TOPIC_PREFIX": prefix,
                    "TOKENMETER_APP_ID": app_id, "TOKENMETER_PARTITIONS": str(partitions)}
@@ -105,7 +107,8 @@ def run(n: int = 40_000, partitions: int = 4,
     broker.start()
     try:
         with tempfile.TemporaryDirectory(prefix="tm-bench-store-") as data:
-            server, dsn = _serve(data)
+            password = secrets.token_urlsafe(32)  # the served store admits its holders only
+            server, dsn = _serve(data, password)
             try:
                 progress("scale-out: pre-loading events")
                 msgs = single_messages(make_events(n, seed=5))
@@ -113,9 +116,9 @@ def run(n: int = 40_000, partitions: int = 4,
                     asyncio.run(preload(broker.bootstrap, f"{prefix}usage-events", msgs,
                                         partitions))
                 progress("scale-out: one worker")
-                one = group_rate(broker.bootstrap, dsn, "s1-", n, partitions, 1)
+                one = group_rate(broker.bootstrap, dsn, password, "s1-", n, partitions, 1)
                 progress("scale-out: two workers")
-                two = group_rate(broker.bootstrap, dsn, "s2-", n, partitions, 2)
+                two = group_rate(broker.bootstrap, dsn, password, "s2-", n, partitions, 2)
             finally:
                 server.send_signal(signal.SIGTERM)
                 server.wait(30)

@@ -101,11 +101,14 @@ def cmd_clickhouse(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit():
         raise ConfigError(f"--listen {args.listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8123")
-    server = EmbeddedClickHouse(settings, host or "127.0.0.1", int(port))
+    # TOKENMETER_CLICKHOUSE_PASSWORD, if set, is the credential; otherwise a random one
+    server = EmbeddedClickHouse(settings, host or "127.0.0.1", int(port),
+                                secret=settings.clickhouse_password)
     interrupt_on_sigterm()
     server.start()
     print(f"tokenmeter clickhouse: {settings.dsn} served at {server.dsn} (use it as "
-          "TOKENMETER_CLICKHOUSE_DSN); Ctrl-C stops it", file=sys.stderr, flush=True)
+          "TOKENMETER_CLICKHOUSE_DSN, with TOKENMETER_CLICKHOUSE_PASSWORD set to the "
+          f"credential in {server.secret_file}); Ctrl-C stops it", file=sys.stderr, flush=True)
     try:
         while True:
             time.sleep(3600)

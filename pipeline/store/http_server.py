@@ -5,11 +5,21 @@ embed it. This adapter owns the directory and answers the subset of ClickHouse's
 protocol that clickhouse-connect's HTTP client speaks (queries in any format, inserts with a
 data body, settings, ``param_`` bindings, sessions for ``SET``), so workers reach it with an
 ``http://`` DSN: the production code path, with only the server being embedded.
+
+Any web page the operator opens can send requests to loopback, so every request is checked
+before it reaches the engine (``request_refusal``, ``statement_refusal``): a loopback Host
+header (DNS rebinding sends the attacker's name), no browser headers (``Origin``,
+``Sec-Fetch-Site``), the run's credential (HTTP basic auth or ``X-ClickHouse-Key``, as
+clickhouse-connect sends it), read-only statements only over GET, and no functions that reach
+files or the network in any statement.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
+import hmac
 import json
 import logging
 import re
@@ -18,10 +28,16 @@ import threading
 import uuid
 import zlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from pydantic import SecretStr
+
+from pipeline.errors import QueryRefused, StoreError
+from pipeline.store import sql_guard
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +56,87 @@ _FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _SET = re.compile(r"^\s*SET\s+(.+?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
 _CODE = re.compile(r"Code:\s*(\d+)")
 _MAX_CONNECTIONS = 16
+_LOOPBACK_HOST = re.compile(r"(?:127\.0\.0\.1|localhost|\[::1\])(?::\d{1,5})?", re.I)
+# headers only browsers send: a request carrying one came from a web page, whatever it says
+BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site")
+
+
+class RequestRefused(StoreError):
+    """A request the served store will not run; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    return headers.get(name.lower())
+
+
+def host_allowed(host: str | None) -> bool:
+    """True for a loopback Host header (127.0.0.1, localhost, [::1], with or without port)."""
+    return host is not None and _LOOPBACK_HOST.fullmatch(host.strip()) is not None
+
+
+def presented_secret(headers: Mapping[str, str]) -> str | None:
+    """The password a request carries: ``X-ClickHouse-Key`` or HTTP basic auth.
+
+    ``headers`` has lower-case names, as every function here expects.
+    """
+    key = _header(headers, "X-ClickHouse-Key")
+    if key is not None:
+        return key
+    scheme, _, value = (_header(headers, "Authorization") or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password if colon else None
+
+
+def request_refusal(method: str, path: str, headers: Mapping[str, str], secret: SecretStr,
+                    hint: str = "") -> RequestRefused | None:
+    """Why a request must not reach the engine (None: it may); never echoes a credential."""
+    if not host_allowed(_header(headers, "Host")):
+        return RequestRefused(403, "Host header not allowed: the served store answers only "
+                                   "to 127.0.0.1, localhost or [::1]")
+    for name in BROWSER_HEADERS:
+        if _header(headers, name) is not None:
+            return RequestRefused(403, f"request carries the browser header {name}: web pages "
+                                       "may not use the served store")
+    if method not in ("GET", "POST"):
+        return RequestRefused(405, f"{method} is not supported; use GET or POST")
+    if urlsplit(path).path.rstrip("/") == "/ping":
+        return None  # liveness only, as ClickHouse answers it
+    given = presented_secret(headers)
+    if given is None or not hmac.compare_digest(given.encode(),
+                                                secret.get_secret_value().encode()):
+        return RequestRefused(401, "authentication failed: the served store needs this run's "
+                                   "credential as the password (TOKENMETER_CLICKHOUSE_PASSWORD)"
+                                   + (f"; {hint}" if hint else ""))
+    return None
+
+
+def statement_refusal(sql: str, method: str) -> RequestRefused | None:
+    """Why a statement must not run: I/O functions anywhere, anything but a read over GET."""
+    try:
+        bare = sql_guard.bare(sql)
+        io = sql_guard.io_refusal(bare)
+        if io is not None:
+            return RequestRefused(403, f"{io} on the served store")
+        if method != "POST":
+            from pipeline.store.queries import check_read_only
+
+            check_read_only(sql)
+    except QueryRefused as exc:
+        if method != "POST":
+            return RequestRefused(405, f"{exc}; GET runs read-only statements only, send "
+                                       "others by POST")
+        return RequestRefused(403, f"{exc} on the served store")
+    return None
 
 
 def split_insert(body: bytes) -> tuple[str, str | None, str, bytes] | None:
@@ -201,7 +298,22 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _refuse(self, refusal: RequestRefused) -> None:
+        # a refused request says nothing about the store; the log names no credential
+        log.warning("refused %s %s from %s: %s", self.command, urlsplit(self.path).path,
+                    self.address_string(), refusal)
+        self.close_connection = True
+        code = "516" if refusal.status == 401 else "497"
+        self._reply(refusal.status, (str(refusal) + "\n").encode(), {
+            "X-ClickHouse-Exception-Code": code, "Content-Type": "text/plain; charset=UTF-8"})
+
     def _handle(self) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        refusal = request_refusal(self.command, self.path, headers, self.server.secret,
+                                  self.server.hint)
+        if refusal is not None:
+            self._refuse(refusal)
+            return
         url = urlsplit(self.path)
         if url.path.rstrip("/") == "/ping":
             self._reply(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
@@ -210,13 +322,15 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = self._body()
             params = dict(parse_qsl(url.query, keep_blank_values=True))
-            status, out, fmt = self.server.run(params, body)
+            status, out, fmt = self.server.run(params, body, method=self.command)
             headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Timezone": "UTC",
                        "X-ClickHouse-Summary": json.dumps(out[1]),
                        "Content-Type": "application/octet-stream"}
             if fmt:
                 headers["X-ClickHouse-Format"] = fmt
             self._reply(status, out[0], headers)
+        except RequestRefused as exc:
+            self._refuse(exc)
         except Exception as exc:  # every error goes back to the client as ClickHouse would
             message = str(exc).strip() or type(exc).__name__
             code = _CODE.search(message)
@@ -231,18 +345,23 @@ class Server(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], engine: Engine) -> None:
+    def __init__(self, address: tuple[str, int], engine: Engine, secret: SecretStr,
+                 hint: str = "") -> None:
         super().__init__(address, Handler)
         self.engine = engine
+        self.secret = secret
+        self.hint = hint  # where an operator finds the credential (never the credential)
 
     def close(self) -> None:
         """Stop serving and close the engine's connections."""
         self.shutdown()
         self.engine.close()
 
-    def run(self, params: dict[str, str], body: bytes
+    def run(self, params: dict[str, str], body: bytes, method: str = "POST"
             ) -> tuple[int, tuple[bytes, dict[str, str]], str | None]:
-        """(status, (body, summary), format) of one request."""
+        """(status, (body, summary), format) of one request; RequestRefused if it may not run."""
+        if method != "POST" and body:
+            raise RequestRefused(405, "GET carries no body; send statements with data by POST")
         query = params.get("query")
         database = params.get("database", "")
         session = params.get("session_id")
@@ -254,11 +373,21 @@ class Server(ThreadingHTTPServer):
         insert = split_insert(text)
         if insert is not None and insert[3].strip():
             target, inline, fmt, data = insert
+            # the data is not SQL; the statement around it is
+            refusal = statement_refusal(f"{target} SETTINGS {inline}" if inline else target,
+                                        method)
+            if refusal is not None:
+                raise refusal
             if inline:
                 settings.update(parse_set("SET " + inline) or {})
             result = self.engine.insert(target, data, fmt, database=database, settings=settings)
             return 200, (b"", _summary(result, written=True)), None
         sql = text.decode()
+        refusal = statement_refusal(sql, method)
+        if refusal is not None:
+            raise refusal
+        if method != "POST":
+            settings["readonly"] = "1"  # as ClickHouse runs a GET, should the check miss one
         assignments = parse_set(sql)
         if assignments is not None:
             if session:
@@ -278,8 +407,8 @@ def _summary(result: Any, written: bool = False) -> dict[str, str]:
             "elapsed_ns": str(int(result.elapsed() * 1e9))}
 
 
-def serve(path: Path, host: str, port: int) -> Server:
-    """A started server (in a thread) over the chDB store at ``path``."""
-    server = Server((host, port), Engine(path))
+def serve(path: Path, host: str, port: int, secret: SecretStr, hint: str = "") -> Server:
+    """A started server (in a thread) over the chDB store at ``path``, for ``secret`` only."""
+    server = Server((host, port), Engine(path), secret, hint)
     threading.Thread(target=server.serve_forever, name="clickhouse-http", daemon=True).start()
     return server

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -186,8 +187,21 @@ def test_up_with_two_workers_meters_and_stops_every_child(tmp_path: Path) -> Non
         assert sim.returncode == 0, sim.stderr
         # the data dir is held by `up` (it serves it), so query goes through a worker
         assert _wait_count(env, 500)[0]["n"] == 500
+        # the workers metered through a store that serves no one without this run's credential
+        credential = tmp_path / "data" / "clickhouse-http.credential"
+        assert stat.S_IMODE(credential.stat().st_mode) == 0o600
+        secret = credential.read_text().strip()
+        drop = urllib.request.Request(f"http://127.0.0.1:{store_port}/?query="
+                                      "DROP%20TABLE%20tokenmeter.usage_events")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(drop, timeout=10)  # noqa: S310
+        assert refused.value.code == 401
+        assert _wait_count(env, 500)[0]["n"] == 500
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        output = proc.stdout.read() if proc.stdout else ""
+        assert "served at" in output and secret not in output
+        assert not credential.exists(), "the credential outlived the run"
         assert all(process_gone(c) for c in children), "a child outlived `up`"
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", store_port)) != 0, "store port still open"

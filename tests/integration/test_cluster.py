@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -28,15 +29,26 @@ from tests.integration.test_worker import METER, get, produce
 pytestmark = pytest.mark.integration
 
 
+class Served(NamedTuple):
+    """A running `tokenmeter clickhouse`: where it listens, its credential, its data dir."""
+
+    dsn: str
+    password: str
+    data: Path
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`tokenmeter clickhouse` in a subprocess (this process already embeds another chDB)."""
     data = tmp_path_factory.mktemp("served")
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "clickhouse", "--listen", f"127.0.0.1:{port}"],
-        env={**subprocess_env(load_settings()), "TOKENMETER_DATA_DIR": str(data)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr to a file: read at any time, and DEBUG logs every request it gets
+    with open(data / "stderr.log", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "clickhouse", "--listen",
+             f"127.0.0.1:{port}", "--log-level", "DEBUG"],
+            env={**subprocess_env(load_settings()), "TOKENMETER_DATA_DIR": str(data)},
+            stdout=subprocess.DEVNULL, stderr=err, text=True)
     dsn = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -46,17 +58,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(proc.stderr.read() if proc.stderr else "") from None
+                raise AssertionError((data / "stderr.log").read_text()) from None
             time.sleep(0.2)
-    yield dsn
+    credential = data / "clickhouse-http.credential"
+    yield Served(dsn, credential.read_text().strip(), data)
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
+    assert not credential.exists(), "the credential outlived the run"
 
 
 @pytest.fixture()
-def http_store(served: str, tmp_path: Path) -> Iterator[Store]:
+def http_store(served: Served, tmp_path: Path) -> Iterator[Store]:
     db = f"t_{time.monotonic_ns()}"
-    store = open_store(load_settings(clickhouse_dsn=served, clickhouse_database=db,
+    store = open_store(load_settings(clickhouse_dsn=served.dsn, clickhouse_database=db,
+                                     clickhouse_password=served.password,
                                      data_dir=str(tmp_path)))
     migrate(store)
     yield store
@@ -91,6 +106,73 @@ def test_clickhouse_connect_talks_to_the_served_store(http_store: Store) -> None
     assert http_store.rows("SELECT getSetting('readonly')") == [(0,)]
 
 
+def _raw(served: Served, sql: str, *, method: str = "POST", password: str | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """(status, body) of one request to the served store, as any local program could send."""
+    import base64
+    from urllib.parse import quote
+
+    url = f"{served.dsn}/?query={quote(sql)}" if method == "GET" else f"{served.dsn}/"
+    req = urllib.request.Request(url, method=method,
+                                 data=sql.encode() if method == "POST" else None)
+    if password is not None:
+        req.add_header("Authorization",
+                       "Basic " + base64.b64encode(f"default:{password}".encode()).decode())
+    for key, value in (headers or {}).items():
+        req.add_header(key, value)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_served_store_cannot_be_driven_by_a_web_page(served: Served, http_store: Store,
+                                                      tmp_path: Path) -> None:
+    db, pw = http_store.database, served.password
+    table = f"{db}.usage_events"
+    exists = f"SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'usage_events'"
+    assert _raw(served, exists, method="GET", password=pw) == (200, "1\n")
+
+    # <img src="http://127.0.0.1:8123/?query=DROP TABLE ...">: no credential
+    assert _raw(served, f"DROP TABLE {table}", method="GET")[0] == 401
+    assert _raw(served, f"DROP TABLE {table}")[0] == 401
+    assert _raw(served, f"DROP TABLE {table}", password="guess")[0] == 401
+    assert _raw(served, exists, method="GET")[0] == 401  # reads need it too
+    # with the credential, GET still runs reads only
+    status, body = _raw(served, f"DROP TABLE {table}", method="GET", password=pw)
+    assert status == 405 and "read-only" in body
+    # DNS rebinding: the browser sends the attacker's name as Host
+    assert _raw(served, exists, method="GET", password=pw,
+                headers={"Host": f"rebind.evil.example:{served.dsn.rsplit(':', 1)[1]}"})[0] == 403
+    # a page's fetch() carries Origin / Sec-Fetch-Site
+    assert _raw(served, exists, password=pw, headers={"Origin": "https://evil.example"})[0] == 403
+    assert _raw(served, exists, password=pw, headers={"Sec-Fetch-Site": "cross-site"})[0] == 403
+    assert http_store.rows(exists) == [(1,)], "the ledger table was dropped"
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top-secret\n")
+    out = tmp_path / "out.txt"
+    for sql in (f"SELECT * FROM file('{secret}', 'LineAsString')",
+                f"SELECT * FROM `file`('{secret}', 'LineAsString')",
+                f'SELECT * FROM "file"(\'{secret}\', \'LineAsString\')',
+                f"SELECT * FROM FILE /* c */ ('{secret}', 'LineAsString')",
+                f"SELECT `file`('{secret}')",
+                "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+                "SELECT * FROM url('http://127.0.0.1:9/', 'LineAsString')",
+                f"SELECT 1 INTO OUTFILE '{out}'"):
+        for method in ("GET", "POST"):
+            status, body = _raw(served, sql, method=method, password=pw)
+            assert status in (403, 405) and "not allowed" in body, (sql, method, status, body)
+            assert "top-secret" not in body and "root:" not in body
+    assert not out.exists()
+
+    # the real client still works: reads, writes and inserts by POST (see the test above)
+    assert http_store.rows("SELECT 1") == [(1,)]
+    log = (served.data / "stderr.log").read_text()
+    assert "refused" in log and pw not in log, "the credential reached the log"
+
+
 def _metrics(settings: Settings) -> dict[str, float]:
     with urllib.request.urlopen(f"{settings.web_url}/metrics", timeout=5) as r:  # noqa: S310
         return {k: float(v) for k, v in (line.split() for line in r.read().decode().splitlines()
@@ -98,8 +180,9 @@ def _metrics(settings: Settings) -> dict[str, float]:
 
 
 def _worker(settings: Settings) -> subprocess.Popen[str]:
-    assert settings.clickhouse_dsn is not None
+    assert settings.clickhouse_dsn is not None and settings.clickhouse_password is not None
     env = {**subprocess_env(settings), "TOKENMETER_CLICKHOUSE_DSN": settings.clickhouse_dsn,
+           "TOKENMETER_CLICKHOUSE_PASSWORD": settings.clickhouse_password.get_secret_value(),
            "TOKENMETER_CLICKHOUSE_DATABASE": settings.clickhouse_database}
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -118,8 +201,9 @@ def _wait(what: str, check: object, timeout: float = 90) -> None:
 
 
 def test_two_workers_share_partitions_and_totals_stay_exact(
-        served: str, tmp_path: Path, broker, topic_prefix: str) -> None:
-    base = dict(kafka_bootstrap=broker.bootstrap, clickhouse_dsn=served,
+        served: Served, tmp_path: Path, broker, topic_prefix: str) -> None:
+    base = dict(kafka_bootstrap=broker.bootstrap, clickhouse_dsn=served.dsn,
+                clickhouse_password=served.password,
                 clickhouse_database=f"c_{topic_prefix.strip('-_')}", topic_prefix=topic_prefix,
                 app_id=f"tm-{topic_prefix}", partitions=4)
     a = load_settings(**base, data_dir=str(tmp_path / "a"), web_port=free_port())
@@ -183,7 +267,8 @@ def test_two_workers_share_partitions_and_totals_stay_exact(
 def _rows(settings: Settings, sql: str) -> list[list]:
     req = urllib.request.Request(
         f"{settings.web_url}/api/query", method="POST",
-        data=json.dumps({"sql": sql.format(db=settings.clickhouse_database)}).encode())
+        data=json.dumps({"sql": sql.format(db=settings.clickhouse_database)}).encode(),
+        headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
         rows: list[list] = json.loads(r.read())["rows"]
         return rows
