@@ -14,7 +14,7 @@ from pipeline.broker import EmbeddedBroker
 from pipeline.settings import Settings, load_settings
 from pipeline.store.client import Store, open_store
 from pipeline.store.migrations import migrate
-from tests.helpers import now
+from tests.helpers import subprocess_env  # noqa: F401 - re-exported for test modules
 
 # LiteLLM fetches its price map from GitHub at import unless told to use its bundled copy
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -84,19 +84,3 @@ def settings(tmp_path: Path, broker: EmbeddedBroker, topic_prefix: str) -> Setti
         app_id=f"tm-{topic_prefix}",
         partitions=4,
     )
-
-
-def subprocess_env(settings: Settings) -> dict[str, str]:
-    """Environment for a `tokenmeter` subprocess using ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
-    env.update({
-        "TOKENMETER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "TOKENMETER_DATA_DIR": str(settings.data_dir),
-        "TOKENMETER_WEB_PORT": str(settings.web_port),
-        "TOKENMETER_TOPIC_PREFIX": settings.topic_prefix,
-        "TOKENMETER_APP_ID": settings.app_id,
-        "TOKENMETER_PARTITIONS": str(settings.partitions),
-        # the worker's clock starts at the suite's pinned instant, never the wall clock's date
-        "TOKENMETER_CLOCK_START": now().isoformat(),
-    })
-    return env

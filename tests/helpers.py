@@ -8,9 +8,15 @@ change: ``make test-clocks``); worker subprocesses get the same instant as
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 DEFAULT_NOW = "2026-06-17T10:20:30+00:00"
 # the instants `make test-clocks` runs the date-sensitive tests at (UTC): just after a month
@@ -41,3 +47,85 @@ _ORIGIN = time.monotonic()
 def now() -> datetime:
     """The pinned clock, running on with real time (what a worker started with NOW reads)."""
     return NOW + timedelta(seconds=time.monotonic() - _ORIGIN)
+
+
+# a real `tokenmeter worker` subprocess and its HTTP API
+
+def subprocess_env(settings: Any) -> dict[str, str]:
+    """Environment for a `tokenmeter` subprocess using ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    env.update({
+        "TOKENMETER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "TOKENMETER_DATA_DIR": str(settings.data_dir),
+        "TOKENMETER_WEB_PORT": str(settings.web_port),
+        "TOKENMETER_TOPIC_PREFIX": settings.topic_prefix,
+        "TOKENMETER_APP_ID": settings.app_id,
+        "TOKENMETER_PARTITIONS": str(settings.partitions),
+        # the worker's clock starts at the suite's pinned instant, never the wall clock's date
+        "TOKENMETER_CLOCK_START": now().isoformat(),
+    })
+    return env
+
+
+def start_worker(settings: Any) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"],
+                            env=subprocess_env(settings), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def get(settings: Any, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"{settings.web_url}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+    except OSError:
+        return 0, {}
+
+
+def query(settings: Any, sql: str) -> list[list]:
+    req = urllib.request.Request(f"{settings.web_url}/api/query",
+                                 data=json.dumps({"sql": sql}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["rows"]
+
+
+def wait_ready(settings: Any, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if get(settings, "/health")[0] == 200:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read())
+        time.sleep(0.1)
+    raise AssertionError("worker not ready")
+
+
+async def produce(settings: Any, messages: list[tuple[bytes, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from pipeline.stream.topics import ensure_topics
+
+    await ensure_topics(settings)
+    p = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    await p.start()
+    try:
+        for k, v in messages:
+            await p.send(settings.topic("usage-events"), v, key=k)
+        await p.flush()
+    finally:
+        await p.stop()
+
+
+def wait_events(settings: Any, n: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    got = -1
+    while time.monotonic() < deadline:
+        got = int(query(settings, "SELECT count() FROM tokenmeter.usage_events FINAL")[0][0])
+        if got >= n:
+            return got
+        time.sleep(0.3)
+    return got
+
+

@@ -112,6 +112,10 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
         # returns the delivery future: the caller awaits all of a batch's deliveries together
         return await breaches_topic.send(key=key.encode() if key else None, value=value)
 
+    async def forward(partition: int, key: str, value: bytes) -> Any:
+        # back into the events topic, on the tenant's partition (see pipeline/placement.py)
+        return await events_topic.send(key=key.encode(), value=value, partition=partition)
+
     async def publish_budget(budget_id: str, value: bytes | None) -> None:
         fut = await budgets_topic.send(key=budget_id.encode(), value=value)
         await fut
@@ -124,7 +128,8 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     processor = Processor(Meter(catalog, policy), sink, store, live, publish_dlq,
                           grace=timedelta(seconds=settings.grace_s), clock=clock,
                           publish_breach=publish_breach,
-                          partition_of=lambda t: partition_for(t, settings.partitions))
+                          partition_of=lambda t: partition_for(t, settings.partitions),
+                          forward=forward)
     runtime = Runtime(settings=settings, store=store, processor=processor, app=app,
                       events_topic=events_topic, catalog=catalog,
                       publish_budget=publish_budget, clock=clock)

@@ -21,60 +21,19 @@ from pipeline.meter import Meter
 from pipeline.scoring import load_policy
 from pipeline.settings import Settings
 from pipeline.simulate import Simulator
-from pipeline.stream.topics import ensure_topics
-from tests.conftest import subprocess_env
+from tests.helpers import (
+    get,
+    produce,
+    query,
+    start_worker,
+    subprocess_env,
+    wait_events,
+    wait_ready,
+)
 from tests.helpers import now as clock_now
 
 pytestmark = pytest.mark.integration
 METER = Meter(load_catalog(), load_policy())
-
-
-def start_worker(settings: Settings) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"],
-                            env=subprocess_env(settings), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def get(settings: Settings, path: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"{settings.web_url}{path}", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, {}
-    except OSError:
-        return 0, {}
-
-
-def query(settings: Settings, sql: str) -> list[list]:
-    req = urllib.request.Request(f"{settings.web_url}/api/query",
-                                 data=json.dumps({"sql": sql}).encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())["rows"]
-
-
-def wait_ready(settings: Settings, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if get(settings, "/health")[0] == 200:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read())
-        time.sleep(0.1)
-    raise AssertionError("worker not ready")
-
-
-async def produce(settings: Settings, messages: list[tuple[bytes, bytes]]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    await ensure_topics(settings)
-    p = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
-    await p.start()
-    try:
-        for k, v in messages:
-            await p.send(settings.topic("usage-events"), v, key=k)
-        await p.flush()
-    finally:
-        await p.stop()
 
 
 async def read_dlq(settings: Settings, n: int) -> list[dict]:
@@ -92,17 +51,6 @@ async def read_dlq(settings: Settings, n: int) -> list[dict]:
     finally:
         await c.stop()
     return out
-
-
-def wait_events(settings: Settings, n: int, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    got = -1
-    while time.monotonic() < deadline:
-        got = int(query(settings, "SELECT count() FROM tokenmeter.usage_events FINAL")[0][0])
-        if got >= n:
-            return got
-        time.sleep(0.3)
-    return got
 
 
 def make_traffic(n: int, seed: int) -> list[dict]:
