@@ -47,14 +47,18 @@ def print_report(data: dict[str, Any]) -> None:
     """Render the report in the terminal."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    # every value below came from events or budgets (a feature may be named "[/]"): each is
+    # printed as Text, never parsed as rich markup
     c = Console()
     t = data["total"]
-    c.print(f"[bold]{data['tenant_id']}[/bold]  {data['period']} to date "
-            f"({data['from'][:10]} .. {data['to'][:16]})")
-    c.print(f"spend {t['cost'] or 0}  saved by cache hits {t['saved_cost'] or 0}  "
-            f"tokens {t['tokens'] or 0}  value units {t['value_units'] or 0}  "
-            f"events {t['events']}")
+    head = Text(str(data["tenant_id"]), style="bold")
+    head.append(f"  {data['period']} to date ({data['from'][:10]} .. {data['to'][:16]})")
+    c.print(head)
+    c.print(Text(f"spend {t['cost'] or 0}  saved by cache hits {t['saved_cost'] or 0}  "
+                 f"tokens {t['tokens'] or 0}  value units {t['value_units'] or 0}  "
+                 f"events {t['events']}"))
     for title, key, cols in (("Top models", "models", ["model", "cost", "events"]),
                              ("Top features", "features", ["feature", "cost", "events"]),
                              ("Budgets", "budgets", ["budget", "metric", "spent", "limit", "%",
@@ -62,7 +66,7 @@ def print_report(data: dict[str, Any]) -> None:
                                                      "P(over)"])):
         table = Table(*cols, title=title)
         for r in data[key]:
-            table.add_row(*("" if v is None else str(v) for v in r))
+            table.add_row(*(Text("" if v is None else str(v)) for v in r))
         c.print(table)
 
 

@@ -20,10 +20,14 @@ def print_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(*columns, show_lines=False)
+        # cells are data (tenants, features, models): Text, never parsed as rich markup
+        table = Table(show_lines=False)
+        for c in columns:
+            table.add_column(Text(c))
         for r in rows:
-            table.add_row(*("" if v is None else str(v) for v in r))
+            table.add_row(*(Text("" if v is None else str(v)) for v in r))
         console = Console()
         console.print(table)
         console.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
