@@ -63,7 +63,7 @@ def _range(body: dict[str, Any]) -> tuple[datetime, datetime]:
     return start, end
 
 
-FOCUS_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
+FOCUS_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
 
 def export_path(exports_dir: Path, file: str) -> Path:

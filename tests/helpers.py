@@ -129,3 +129,89 @@ def wait_events(settings: Any, n: int, timeout: float = 60) -> int:
     return got
 
 
+
+
+class ApiWorker:
+    """A `tokenmeter worker` subprocess and raw HTTP calls to it (every header is the caller's).
+
+    Used by the HTTP API security and fuzz tests, which need to send what a browser or a
+    stray client sends: a foreign ``Host``, ``text/plain`` bodies, an ``Origin``.
+    """
+
+    def __init__(self, settings: Any, env: dict[str, str]) -> None:
+        self.settings = settings
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        self.token: str | None = env.get("TOKENMETER_API_TOKEN")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until /health says ready; raises with the worker's stderr if it exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(self.proc.stderr.read() if self.proc.stderr else "exited")
+            try:
+                if self.call("GET", "/health", json_type=False)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("worker not ready")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 30 s."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def call(self, method: str, path: str, body: Any = None, *,
+             headers: dict[str, str] | None = None, raw: bytes | None = None,
+             json_type: bool = True, auth: bool = True,
+             timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+        """One request; ``Host`` is 127.0.0.1:port unless ``headers`` say otherwise."""
+        import http.client
+        import json
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.settings.web_port, timeout=timeout)
+        sent = {"Host": f"127.0.0.1:{self.settings.web_port}"}
+        if json_type:
+            sent["Content-Type"] = "application/json"
+        if auth and self.token:
+            sent["Authorization"] = f"Bearer {self.token}"
+        sent.update(headers or {})
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        try:
+            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+            for k, v in sent.items():
+                conn.putheader(k, v)
+            conn.putheader("Content-Length", str(len(data or b"")))
+            conn.endheaders(data)
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        """(status, decoded JSON answer or None)."""
+        import json
+
+        status, _, data = self.call(method, path, body, **kw)
+        return status, json.loads(data) if data else None
+
+    def sql(self, sql: str) -> list[list[Any]]:
+        """Rows of a read-only query through POST /api/query."""
+        status, answer = self.json("POST", "/api/query", {"sql": sql})
+        assert status == 200, answer
+        rows: list[list[Any]] = answer["rows"]
+        return rows
+
+    def budgets(self) -> list[dict[str, Any]]:
+        """GET /api/budgets."""
+        status, answer = self.json("GET", "/api/budgets")
+        assert status == 200, answer
+        items: list[dict[str, Any]] = answer["budgets"]
+        return items

@@ -140,7 +140,8 @@ def _worker(bootstrap: str, data: str, port: int, prefix: str) -> subprocess.Pop
 
 def _http(url: str, method: str = "GET", body: Any = None) -> Any:
     req = urllib.request.Request(url, method=method,  # noqa: S310 - loopback only
-                                 data=None if body is None else json.dumps(body).encode())
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback
         return json.loads(r.read())
 

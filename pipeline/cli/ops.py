@@ -53,9 +53,30 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     """export focus --from D --to D FILE."""
-    file = str(Path(args.file).resolve())
-    result = run_op(settings, "export_focus", {"from": args.date_from, "to": args.date_to,
-                                                "file": file})
+    from pipeline.stream.worker import worker_holding_store
+
+    path = Path(args.file).resolve()
+    body = {"from": args.date_from, "to": args.date_to}
+    info = worker_holding_store(settings)
+    if info is None:
+        from pipeline.ops import run_local
+
+        result = asyncio.run(run_local(settings, "export_focus", {**body, "file": str(path)}))
+    else:
+        # the worker writes files only under its data dir: it sends the export back and
+        # the CLI, running as the operator, writes it where the operator said
+        from pipeline.web.client import post_for_bytes
+
+        kind = "parquet" if path.suffix.lower() == ".parquet" else "csv"
+        try:
+            data, headers = post_for_bytes(f"{info['url']}/api/ops/export_focus",
+                                           {**body, "format": kind}, settings)
+        except QueryRefused as exc:
+            raise ConfigError(str(exc)) from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        result = {"file": str(path), "rows": headers.get("x-tokenmeter-rows", "?"),
+                  "billed_cost": headers.get("x-tokenmeter-billed-cost", "?")}
     print(f"wrote {result['rows']} FOCUS rows to {result['file']} "
           f"(BilledCost total {result['billed_cost']})", file=sys.stderr)
     return 0

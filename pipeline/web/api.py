@@ -83,7 +83,7 @@ def register_views(app: Any, runtime: Any) -> None:
 
 def register_spend_view(app: Any, runtime: Any) -> None:
     """GET /api/tenants/{tenant_id}/spend, routed to the worker owning the tenant's partition."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from pipeline.spend import WINDOWS, SpendTotals, window_bounds
 
@@ -97,7 +97,7 @@ def register_spend_view(app: Any, runtime: Any) -> None:
             at_text = request.query.get("at")
             try:
                 at = (datetime.fromisoformat(at_text.replace("Z", "+00:00")) if at_text
-                      else datetime.now(timezone.utc))
+                      else runtime.clock())
             except ValueError:
                 return self.json({"error": "at must be an RFC 3339 time"}, status=400)
             if at.tzinfo is None:
@@ -113,10 +113,9 @@ def register_spend_view(app: Any, runtime: Any) -> None:
 
 def register_ops_view(app: Any, runtime: Any) -> None:
     """POST /api/ops/{name}: store operations the CLI runs through a worker holding chDB."""
-    from datetime import datetime, timezone
 
     from pipeline.errors import TokenmeterError
-    from pipeline.ops import OPS, OpContext
+    from pipeline.ops import OPS, OpContext, export_focus_bytes
     from pipeline.settings import TOPIC_EVENTS
 
     events = app.topic(runtime.settings.topic(TOPIC_EVENTS), key_type=bytes, value_type=bytes,
@@ -125,6 +124,15 @@ def register_ops_view(app: Any, runtime: Any) -> None:
     async def publish(key: str, value: bytes) -> None:
         fut = await events.send(key=key.encode(), value=value)
         await fut
+
+    async def refresh_live_state() -> None:
+        # re-priced rows changed the ledger under the live windows and budget trackers of
+        # this worker's partitions: reload them from the ledger (other workers reload theirs
+        # at their next rebalance)
+        processor = runtime.processor
+        await processor.rebuild(set(processor.live.partitions))
+
+    exports_dir = runtime.settings.data_dir / "exports"
 
     @app.page("/api/ops/{name}")
     class Ops(View):
@@ -136,9 +144,17 @@ def register_ops_view(app: Any, runtime: Any) -> None:
                 body = await request.json() if await request.read() else {}
             except ValueError:
                 return self.json({"error": "send a JSON object"}, status=400)
-            ctx = OpContext(runtime.settings, runtime.store, publish, datetime.now(timezone.utc))
+            body = body if isinstance(body, dict) else {}
+            # an HTTP caller may be anyone who reaches the port: files stay in exports/
+            ctx = OpContext(runtime.settings, runtime.store, publish, runtime.clock(),
+                            exports_dir=exports_dir, after_reprice=refresh_live_state)
             try:
-                result = await op(ctx, body if isinstance(body, dict) else {})
+                if name == "export_focus" and not body.get("file"):
+                    data, content_type, summary = await export_focus_bytes(ctx, body)
+                    return self.bytes(data, content_type=content_type, headers={
+                        "X-Tokenmeter-Rows": str(summary["rows"]),
+                        "X-Tokenmeter-Billed-Cost": summary["billed_cost"]})
+                result = await op(ctx, body)
             except TokenmeterError as exc:
                 return self.json({"error": str(exc)}, status=400)
             return self.bytes(json.dumps(result, default=str).encode(),

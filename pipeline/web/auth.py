@@ -1,19 +1,40 @@
-"""Bearer-token protection of the HTTP API (required when bound beyond loopback)."""
+"""Protection of the HTTP API: Host allow-list, browser-request rules, bearer token.
+
+A page the operator opens in a browser must not be able to drive or read the worker API:
+- DNS rebinding sends the attacker's name as ``Host``: only loopback names, the configured
+  web host and ``TOKENMETER_ALLOWED_HOSTS`` are served (403 otherwise).
+- Cross-site "simple requests" (forms, ``text/plain`` fetches) need no CORS preflight: every
+  mutating request must say ``Content-Type: application/json`` (415 otherwise), which a
+  browser sends cross-origin only after a preflight this API never grants.
+- A browser marks where a request comes from: an ``Origin`` that is not this server, or
+  ``Sec-Fetch-Site: cross-site``/``same-site``, is refused (403). The dashboard's own calls
+  are same-origin; the CLI, the SDK and curl send neither header.
+
+``/health`` and ``/metrics`` skip these checks: Kubernetes probes and Prometheus address a
+pod by its IP, which no allow-list can know; they carry no tenant data and change nothing.
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+WILDCARD_BINDS = {"0.0.0.0", "::", ""}  # noqa: S104 - names of "every interface", not hosts
 # the dashboard's page, script, style and Chart.js: no data in them; the data they fetch
 # comes from /api routes, which need the token
 PAGE_PATHS = {"/", "/static/app.js", "/static/style.css", "/static/vendor/chart.umd.min.js"}
-OPEN_PATHS = {"/health", "/metrics"} | PAGE_PATHS  # probes and the page; no tenant data
+PROBE_PATHS = {"/health", "/metrics"}
+OPEN_PATHS = PROBE_PATHS | PAGE_PATHS  # probes and the page; no tenant data
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+FOREIGN_SITES = {"cross-site", "same-site"}
+
+Refusal = tuple[int, str]
 
 
 def check_bind(settings: Settings) -> None:
@@ -33,12 +54,80 @@ def token_ok(header: str | None, expected: str) -> bool:
     return hmac.compare_digest(header[7:].strip().encode(), expected.encode())
 
 
+def host_name(host: str) -> str | None:
+    """The name part of a ``Host`` header (``[::1]:6066`` -> ``::1``); None when malformed."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, sep, rest = host[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return name or None
+    name, sep, port = host.partition(":")
+    if sep and not port.isdigit():
+        return None
+    if not name or any(c in name for c in "/@ \t\\"):
+        return None
+    return name.rstrip(".")
+
+
+def allowed_hosts(settings: Settings) -> frozenset[str]:
+    """Host names this worker answers to: loopback, its web host, TOKENMETER_ALLOWED_HOSTS."""
+    names = set(LOOPBACK) | set(settings.allowed_host_names)
+    if settings.web_host.lower() not in WILDCARD_BINDS:
+        names.add(settings.web_host.strip("[]").lower())
+    return frozenset(names)
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def refusal(method: str, path: str, headers: Mapping[str, str],
+            allowed: frozenset[str]) -> Refusal | None:
+    """Why a request must be refused (status, message), or None when it may go on."""
+    if path in PROBE_PATHS:
+        return None
+    raw_host = headers.get("Host", "")
+    if host_name(raw_host) not in allowed:
+        return 403, (f"Host {raw_host!r} is not served here (DNS rebinding guard); reach the "
+                     "API by 127.0.0.1 or localhost, or add the name to "
+                     "TOKENMETER_ALLOWED_HOSTS (comma-separated)")
+    if method.upper() in MUTATING and _media_type(headers.get("Content-Type")) != \
+            "application/json":
+        return 415, (f"{method.upper()} needs 'Content-Type: application/json' (got "
+                     f"{headers.get('Content-Type') or 'none'!r}); send the body as JSON")
+    if method.upper() in ("GET", "HEAD") and path in PAGE_PATHS:
+        return None  # a link from another site may open the dashboard page
+    origin = headers.get("Origin")
+    if origin is not None:
+        parts = urlsplit(origin.strip().lower())
+        if parts.scheme not in ("http", "https") or parts.netloc != raw_host.strip().lower():
+            return 403, (f"cross-origin request from {origin!r} refused; the API serves its "
+                         "own dashboard and non-browser clients (CLI, SDK, curl) only")
+    site = headers.get("Sec-Fetch-Site", "").strip().lower()
+    if site in FOREIGN_SITES:
+        return 403, (f"request from another site (Sec-Fetch-Site: {site}) refused; open the "
+                     "dashboard from this worker's own address")
+    return None
+
+
 def install(app: Any, settings: Settings) -> None:
-    """Require the bearer token on every route but the probes, when a token is set."""
-    if settings.api_token is None:
-        return
+    """Guard every route (Host, content type, origin), and require the token when set."""
     from aiohttp import web
 
+    allowed = allowed_hosts(settings)
+
+    @web.middleware
+    async def guard(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
+        refused = refusal(request.method, request.path, request.headers, allowed)
+        if refused is not None:
+            status, message = refused
+            return web.json_response({"error": message}, status=status)
+        return await handler(request)
+
+    app.web.web_app.middlewares.append(guard)
+    if settings.api_token is None:
+        return
     expected = settings.api_token.get_secret_value()
 
     @web.middleware

@@ -28,7 +28,8 @@ def tm(settings: Settings, *args: str) -> subprocess.CompletedProcess:
 
 def http(settings: Settings, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(f"{settings.web_url}{path}", method=method,
-                                 data=json.dumps(body).encode() if body is not None else None)
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read())
