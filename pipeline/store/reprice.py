@@ -43,16 +43,13 @@ Hook = Callable[[str, date], None]
 Delta = dict[tuple[Any, ...], list[Decimal]]
 
 
-def utc_days(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
-    """[start, end) cut at UTC midnights."""
-    at = start.astimezone(timezone.utc)
-    end = end.astimezone(timezone.utc)
-    while at < end:
-        midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(),
-                                    tzinfo=timezone.utc)
-        stop = min(midnight, end)
-        yield at, stop
-        at = stop
+def day_slices(start: datetime, end: datetime, days: list[date]
+               ) -> Iterator[tuple[datetime, datetime]]:
+    """[start, end) cut to each of ``days`` (UTC dates)."""
+    lo, hi = start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+    for d in days:
+        midnight = datetime.combine(d, datetime.min.time(), tzinfo=timezone.utc)
+        yield max(lo, midnight), min(hi, midnight + timedelta(days=1))
 
 
 def _utc(ts: datetime) -> datetime:
@@ -70,7 +67,12 @@ def reprice(store: Store, catalog: Catalog, start: datetime, end: datetime, now:
     changed_total = unpriced = 0
     staging: str | None = None
     try:
-        for day_start, day_end in utc_days(start, end):
+        # only days holding events: a range of centuries is not 36,500 empty queries
+        days = [d for (d,) in store.rows(
+            f"SELECT DISTINCT toDate(timestamp) AS d FROM {store.database}.usage_events "
+            "WHERE timestamp >= %(start)s AND timestamp < %(end)s ORDER BY d",
+            parameters={"start": start, "end": end})]
+        for day_start, day_end in day_slices(start, end, days):
             rows = store.query(
                 f"SELECT {', '.join(USAGE_COLUMNS)} FROM {store.database}.usage_events FINAL "
                 "WHERE timestamp >= %(start)s AND timestamp < %(end)s",
