@@ -73,12 +73,30 @@ def window_bounds(kind: WindowKind, ts: datetime) -> tuple[datetime, datetime]:
     return start, start + WINDOW_SIZE[kind]
 
 
+def open_windows(ts: datetime, watermark: datetime | None,
+                 grace: timedelta) -> tuple[WindowKind, ...]:
+    """The window kinds whose window of ``ts`` is still open, or closed for less than ``grace``.
+
+    Lateness is judged per window: an event two hours old has missed its hour window but
+    still counts in the day window that is open.
+    """
+    if watermark is None:
+        return WINDOWS
+    return tuple(k for k in WINDOWS if window_start(k, ts) + WINDOW_SIZE[k] + grace > watermark)
+
+
 def is_late(ts: datetime, watermark: datetime | None, grace: timedelta) -> bool:
     """True when the event's hour window closed more than ``grace`` before the watermark.
 
-    The watermark is the latest event time seen on the partition. Late events are still
-    priced and stored (flagged), but no longer change live windows.
+    Late events are priced, stored (flagged ``late``) and counted in every window of theirs
+    that is still open (see ``open_windows``).
     """
-    if watermark is None:
-        return False
-    return window_start("hour", ts) + WINDOW_SIZE["hour"] + grace <= watermark
+    return "hour" not in open_windows(ts, watermark, grace)
+
+
+def advance_watermark(watermark: datetime | None, ts: datetime, now: datetime) -> datetime:
+    """The partition's watermark after an event at ``ts``: the latest event time seen, but
+    never ahead of the worker's clock, so one event stamped far ahead cannot make every
+    later event on the partition late."""
+    mark = min(ts, now)
+    return mark if watermark is None or mark > watermark else watermark

@@ -43,12 +43,16 @@ def recent_ids(store: Store, partition: int, since: datetime,
 
 def window_sums(store: Store, partition: int, kind: str,
                 since: datetime) -> list[tuple[Any, ...]]:
-    """(tenant_id, window_start, sums...) of on-time events per window since ``since``."""
+    """(tenant_id, window_start, sums...) of the events of each window since ``since``.
+
+    Late-flagged events are included: lateness is judged per window, and a window still
+    open held every event of it that arrived (an hour-late event counts in its open day).
+    """
     fn = "toStartOfHour" if kind == "hour" else "toStartOfDay"
     return store.rows(
         f"SELECT tenant_id, {fn}(timestamp) AS w, {_SUMS} "
         f"FROM {store.database}.usage_events FINAL "
-        f"WHERE source_partition = {int(partition)} AND NOT late AND timestamp >= %(since)s "
+        f"WHERE source_partition = {int(partition)} AND timestamp >= %(since)s "
         "GROUP BY tenant_id, w",
         parameters={"since": since},
     )

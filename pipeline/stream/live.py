@@ -31,9 +31,10 @@ class PartitionState:
     windows: dict[WindowKey, SpendTotals] = field(default_factory=dict)
 
     def add(self, tenant: str, ts: datetime, cost: Decimal, saved: Decimal,
-            tokens: tuple[int, int, int, int, int], units: Decimal) -> None:
-        """Count one on-time event in its hour and day windows."""
-        for kind in WINDOWS:
+            tokens: tuple[int, int, int, int, int], units: Decimal,
+            kinds: tuple[WindowKind, ...] = WINDOWS) -> None:
+        """Count one event in its windows of ``kinds`` (those still open for it)."""
+        for kind in kinds:
             key = (tenant, kind, window_start(kind, ts))
             totals = self.windows.get(key)
             if totals is None:
@@ -77,7 +78,8 @@ class LiveState:
         """Load dedup ids, watermarks and open windows of ``partitions`` from the ledger."""
         marks = ledger.watermarks(store, partitions)
         for p in partitions:
-            wm = as_utc(marks[p]) if p in marks else None
+            # bounded by the clock, as when metering: a far-ahead event moves no lateness
+            wm = min(as_utc(marks[p]), now) if p in marks else None
             since = (wm or now) - self.horizon
             ids = ledger.recent_ids(store, p, since, self.max_ids)
             dedup = DedupIndex(self.max_ids, self.horizon, watermark=since)

@@ -23,7 +23,7 @@ from pipeline.errors import StoreError
 from pipeline.events import DeadLetter, PricedUsage
 from pipeline.meter import Meter, Metered, Source
 from pipeline.placement import Move, place
-from pipeline.spend import is_late
+from pipeline.spend import advance_watermark, open_windows
 from pipeline.store import state as ledger
 from pipeline.store.client import Store
 from pipeline.store.sink import (
@@ -250,20 +250,20 @@ class Processor:
         touched: dict[int, PartitionState] = {}
         for msg, p in fresh:
             st = self.live.get(msg.partition)
-            late = is_late(p.timestamp, st.watermark, self.grace)
-            if not late and (st.watermark is None or p.timestamp > st.watermark):
-                st.watermark = p.timestamp
+            windows = open_windows(p.timestamp, st.watermark, self.grace)
+            late = "hour" not in windows
+            st.watermark = advance_watermark(st.watermark, p.timestamp, now)
             staged.rows.append(usage_row(p, late=late, partition=msg.partition,
                                          offset=msg.offset, ingested_at=now))
             # memory moves on now: a crash loses memory too, and acks wait for the ledger
             st.dedup.add(p.event_id, p.timestamp)
             if late:
                 staged.late += 1
-            else:
+            if windows:
                 st.add(p.tenant_id, p.timestamp, p.total_cost, p.saved_cost,
                        (p.input_tokens, p.cache_read_input_tokens,
                         p.cache_creation_input_tokens, p.output_tokens,
-                        p.reasoning_output_tokens), p.value_units)
+                        p.reasoning_output_tokens), p.value_units, windows)
             touched[msg.partition] = st
         for st in touched.values():
             st.expire(self.grace)
