@@ -17,16 +17,20 @@ from typing import NamedTuple
 
 import pytest
 
+from pipeline.catalog import load_catalog
+from pipeline.meter import Meter
+from pipeline.scoring import load_policy
 from pipeline.settings import Settings, load_settings
 from pipeline.simulate import Simulator
 from pipeline.store.client import Store, open_store
 from pipeline.store.migrations import migrate
 from pipeline.store.sink import USAGE_COLUMNS
 from tests.conftest import free_port, subprocess_env
+from tests.helpers import get, produce
 from tests.helpers import now as clock_now
-from tests.integration.test_worker import METER, get, produce
 
 pytestmark = pytest.mark.integration
+METER = Meter(load_catalog(), load_policy())
 
 
 class Served(NamedTuple):
