@@ -9,7 +9,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from pipeline.budgets import Budget
+from pipeline.budgets import Budget, percent_of
 
 HUNDRED = Decimal(100)
 
@@ -17,6 +17,7 @@ HUNDRED = Decimal(100)
 class Status(str, Enum):
     """How a budget stands in its current period, most severe first."""
 
+    failed = "failed"  # invalid, or its evaluation raised: skipped, with the reason shown
     breached = "breached"  # actual spend reached the limit
     forecast = "forecast"  # not yet, but the latest forecast says it will, sure enough
     warning = "warning"  # actual spend crossed a threshold below 100%
@@ -26,7 +27,7 @@ class Status(str, Enum):
 def budget_status(budget: Budget, spent: Decimal,
                   probability_exceed: Decimal | None = None) -> Status:
     """The budget's status from period-to-date spend and the latest forecast's P(over limit)."""
-    percent = spent * HUNDRED / budget.limit
+    percent = percent_of(spent, budget.limit)
     if percent >= HUNDRED:
         return Status.breached
     if (budget.forecast.enabled and probability_exceed is not None
@@ -96,10 +97,27 @@ def _money(v: Decimal | None) -> str | None:
     return None if v is None else format(v.quantize(Decimal("0.000001")).normalize(), "f")
 
 
+def failed_view(budget_id: str, tenant_id: str, reason: str,
+                budget: Budget | None = None) -> dict[str, Any]:
+    """JSON for a budget that failed: what is known of it, status "failed" and the reason."""
+    return {
+        "budget_id": budget_id, "tenant_id": tenant_id,
+        "period": budget.period.value if budget else None,
+        "metric": budget.metric.value if budget else None,
+        "mode": budget.mode.value if budget else None,
+        "limit": _money(budget.limit) if budget and budget.limit.is_finite() else None,
+        "spent": None, "percent": None, "status": Status.failed.value, "failure": reason,
+        "thresholds": [], "actual": [], "forecast": None,
+    }
+
+
 def burn_down(budget: Budget, start: datetime, end: datetime, spent: Decimal,
               actual: Sequence[tuple[datetime, Decimal]],
-              forecast: ForecastLine | None) -> dict[str, Any]:
-    """JSON for one budget's burn-down chart: actuals, thresholds, forecast cone to period end."""
+              forecast: ForecastLine | None, failure: str | None = None) -> dict[str, Any]:
+    """JSON for one budget's burn-down chart: actuals, thresholds, forecast cone to period end
+    (or, for a failed budget, its failed_view: a broken one must not break the page)."""
+    if failure is not None:
+        return failed_view(budget.budget_id, budget.tenant_id, failure, budget)
     status = budget_status(budget, spent, forecast.probability_exceed if forecast else None)
     out: dict[str, Any] = {
         "budget_id": budget.budget_id, "tenant_id": budget.tenant_id,
@@ -107,7 +125,8 @@ def burn_down(budget: Budget, start: datetime, end: datetime, spent: Decimal,
         "period_start": start.isoformat(), "period_end": end.isoformat(),
         "start_ms": _ms(start), "end_ms": _ms(end),
         "limit": _money(budget.limit), "spent": _money(spent),
-        "percent": _money(spent * HUNDRED / budget.limit), "status": status.value,
+        "percent": _money(percent_of(spent, budget.limit)), "status": status.value,
+        "failure": None,
         "thresholds": [{"percent": _money(t), "level": _money(budget.limit * t / HUNDRED)}
                        for t in budget.thresholds],
         "actual": [[_ms(ts), _money(v)] for ts, v in actual],

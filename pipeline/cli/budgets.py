@@ -12,9 +12,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline.budgets import Budget
-from pipeline.errors import BrokerError, ConfigError
+from pipeline.errors import BrokerError, ConfigError, TokenmeterError
 from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, Settings
-from pipeline.stream.budget_feed import decode_budget
+from pipeline.stream.budget_feed import Parsed, decode_budget, parse_budget
 from pipeline.stream.topics import ensure_topics, kafka_client_options, kafka_producer_options
 from pipeline.web.budgets_api import validation_message
 
@@ -113,6 +113,37 @@ def budgets_now(settings: Settings) -> dict[str, Budget]:
     return {k: v for k, v in current.items() if v is not None}
 
 
+def topic_state(settings: Settings) -> dict[str, Parsed]:
+    """The last message per key of the compacted topic, invalid ones included."""
+    current: dict[str, Parsed] = {}
+    for m in asyncio.run(read_topic(settings, TOPIC_BUDGETS)):
+        parsed = parse_budget(m.key, m.value)
+        if parsed is not None:
+            current[parsed.budget_id] = parsed
+    return {k: v for k, v in current.items() if v.budget is not None or v.problem is not None}
+
+
+def stored_failures(settings: Settings) -> dict[str, str]:
+    """budget_id -> reason of budgets the workers marked failed; {} when no store is at hand.
+
+    Asked only where it costs nothing to open: a running worker's API (it holds chDB) or a
+    ClickHouse server. The topic alone still shows invalid budgets.
+    """
+    from pipeline.cli.commands import run_query
+    from pipeline.stream.worker import worker_holding_store
+
+    if settings.embedded_store and worker_holding_store(settings) is None:
+        return {}
+    try:
+        _, rows = run_query(settings, "SELECT budget_id, reason FROM "
+                            f"{settings.clickhouse_database}.budget_failures FINAL "
+                            "WHERE failed ORDER BY budget_id")
+    except TokenmeterError as exc:
+        print(f"note: budget failures not shown ({exc})", file=sys.stderr)
+        return {}
+    return {str(budget_id): str(reason) for budget_id, reason in rows}
+
+
 def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
     """set | list | delete."""
     if args.action == "set":
@@ -126,18 +157,39 @@ def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(_send(settings, args.id, None))
         print(f"deleted {args.id}", file=sys.stderr)
         return 0
-    budgets = sorted(budgets_now(settings).values(), key=lambda b: b.budget_id)
+    state = topic_state(settings)
+    failures = stored_failures(settings)
+    listed = sorted(state.values(), key=lambda p: p.budget_id)
+
+    def status(p: Parsed) -> tuple[str, str | None]:
+        if p.problem is not None:
+            return "invalid", p.problem
+        reason = failures.get(p.budget_id)
+        return ("failed", reason) if reason is not None else ("ok", None)
+
     if args.json:
-        print(json.dumps([b.model_dump(mode="json") for b in budgets]))
+        print(json.dumps([
+            {**(p.budget.model_dump(mode="json") if p.budget is not None
+                else {"budget_id": p.budget_id, "tenant_id": p.tenant_id}),
+             "status": status(p)[0], "failure": status(p)[1]} for p in listed]))
         return 0
     from pipeline.cli.output import print_rows
 
-    rows = [[b.budget_id, b.tenant_id, b.period.value, b.metric.value, format(b.limit, "f"),
-             b.mode.value, ",".join(format(t, "f") for t in b.thresholds),
-             ",".join(f"{k}={v}" for k, v in b.pools.items()),
-             ",".join(f"{k}={getattr(b, k)}" for k in SCOPES if getattr(b, k))] for b in budgets]
+    rows = []
+    for p in listed:
+        state_text, reason = status(p)
+        shown = state_text if reason is None else f"{state_text}: {reason}"
+        b = p.budget
+        if b is None:
+            rows.append([p.budget_id, p.tenant_id, "", "", "", "", "", "", "", shown])
+            continue
+        rows.append([b.budget_id, b.tenant_id, b.period.value, b.metric.value,
+                     format(b.limit, "f"), b.mode.value,
+                     ",".join(format(t, "f") for t in b.thresholds),
+                     ",".join(f"{k}={v}" for k, v in b.pools.items()),
+                     ",".join(f"{k}={getattr(b, k)}" for k in SCOPES if getattr(b, k)), shown])
     print_rows(["budget_id", "tenant", "period", "metric", "limit", "mode", "thresholds",
-                "pools", "scope"], rows, "table")
+                "pools", "scope", "status"], rows, "table")
     return 0
 
 

@@ -123,3 +123,10 @@ def breaches(store: Store, tenant: str | None, limit: int) -> list[dict[str, Any
         f"ORDER BY emitted_at DESC, breach_id LIMIT {int(limit)}", parameters=params)
     return [dict(zip(result.column_names, (json_safe(v) for v in r), strict=True))
             for r in result.result_rows]
+
+
+def budget_failures(store: Store) -> dict[str, tuple[str, str]]:
+    """budget_id -> (tenant_id, reason) of every budget a worker marked failed (any worker)."""
+    rows = store.rows(f"SELECT budget_id, tenant_id, reason FROM {store.database}."
+                      "budget_failures FINAL WHERE failed ORDER BY budget_id")
+    return {budget_id: (tenant, reason) for budget_id, tenant, reason in rows}

@@ -18,8 +18,13 @@ def register_views(app: Any, runtime: Any) -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            if runtime.failure:
-                return self.json({"status": "failed", "error": runtime.failure}, status=503)
+            # a crashed agent, or an insert ClickHouse refused for good (the sink does not
+            # retry it): either way nothing more is metered, so say so at once
+            failure = runtime.failure or runtime.processor.sink.failure
+            failed_budgets = dict(runtime.processor.failed_budgets)
+            if failure:
+                return self.json({"status": "failed", "error": failure,
+                                  "failed_budgets": failed_budgets}, status=503)
             if not runtime.ready:
                 return self.json({"status": "starting"}, status=503)
             m = runtime.processor.metrics
@@ -29,6 +34,8 @@ def register_views(app: Any, runtime: Any) -> None:
                 "events": m.events,
                 "dead_letters": sum(m.dead.values()),
                 "sink_healthy": runtime.processor.sink.healthy,
+                # budgets skipped (invalid, or their evaluation raised) while metering goes on
+                "failed_budgets": failed_budgets,
             })
 
     @app.page("/metrics")

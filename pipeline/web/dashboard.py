@@ -16,7 +16,7 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from pipeline.budgets import Budget, period_bounds
-from pipeline.dashboard import burn_down, cumulative, per_minute
+from pipeline.dashboard import burn_down, cumulative, failed_view, per_minute
 from pipeline.forecast import bucket_step
 from pipeline.store import dashboard as reads
 from pipeline.store import state as ledger
@@ -45,11 +45,19 @@ def register_dashboard(app: Any, runtime: Any) -> None:
             return Decimal(ps.spent.get("", Decimal(0)))
         return Decimal(sum(ledger.period_spend(store, b, start, end).values(), Decimal(0)))
 
-    def budget_views(budgets: list[Budget], now: datetime, series: bool) -> list[dict[str, Any]]:
+    def budget_views(budgets: list[Budget], now: datetime, series: bool,
+                     tenant: str | None = None) -> list[dict[str, Any]]:
+        # failed budgets (any worker's, this one's freshest) show their reason, not a chart
+        stored = reads.budget_failures(store)
+        failed = {k: reason for k, (_, reason) in stored.items()} | processor.failed_budgets
+        out = [failed_view(b.budget_id, b.tenant_id, failed[b.budget_id], b)
+               for b in budgets if b.budget_id in failed]
+        out += [failed_view(k, t, reason) for k, (t, reason) in stored.items()
+                if k not in processor.book.budgets and tenant in (None, t)]  # invalid ones
+        budgets = [b for b in budgets if b.budget_id not in failed]
         periods = {b.budget_id: period_bounds(b.period, b.tz, now) for b in budgets}
         forecasts = reads.latest_forecasts(store, budgets,
                                            {k: v[0] for k, v in periods.items()})
-        out = []
         for b in budgets:
             start, end = periods[b.budget_id]
             spent = period_spent(b, start, end)
@@ -65,7 +73,7 @@ def register_dashboard(app: Any, runtime: Any) -> None:
                 if view["forecast"]:
                     view["forecast"].pop("points")
             out.append(view)
-        return out
+        return sorted(out, key=lambda v: str(v["budget_id"]))
 
     def sorted_budgets(tenant: str | None = None) -> list[Budget]:
         return sorted((b for b in processor.book.budgets.values()
@@ -106,8 +114,9 @@ def register_dashboard(app: Any, runtime: Any) -> None:
     class BudgetList(View):
         async def get(self, request: Request) -> Response:
             now = datetime.now(timezone.utc)
-            budgets = sorted_budgets(request.query.get("tenant_id"))
-            items = await asyncio.to_thread(budget_views, budgets, now, False)
+            tenant = request.query.get("tenant_id")
+            items = await asyncio.to_thread(budget_views, sorted_budgets(tenant), now, False,
+                                            tenant)
             return _json(self, {"now": now.isoformat(), "budgets": items})
 
     @app.page("/api/dashboard/tenants/{tenant_id}")
@@ -119,7 +128,7 @@ def register_dashboard(app: Any, runtime: Any) -> None:
             def read() -> dict[str, Any]:
                 return {"tenant_id": tenant_id, "now": now.isoformat(),
                         **reads.tenant_spend(store, tenant_id, now),
-                        "budgets": budget_views(budgets, now, True),
+                        "budgets": budget_views(budgets, now, True, tenant_id),
                         "breaches": reads.breaches(store, tenant_id, 20)}
 
             return _json(self, await asyncio.to_thread(read))
