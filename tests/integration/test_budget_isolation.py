@@ -163,3 +163,49 @@ def test_an_invalid_budget_from_the_topic_or_mirror_is_reported_and_skipped(
     h.send(h.event("acme", 100_000))
     assert h.stored("acme") == 1 and h.breaches == []
     assert [r[:2] for r in h.failures()] == [("b1", True)]
+
+
+class RefusingStore:
+    """The real store, except that ClickHouse refuses every budget_breaches insert for good
+    (as it refused the overflowing percent): a terminal error of one table."""
+
+    def __init__(self, real: Store) -> None:
+        self.real = real
+        self.refused = 0
+
+    def insert(self, table: str, *args: Any, **kwargs: Any) -> None:
+        if table == "budget_breaches":
+            from clickhouse_connect.driver.exceptions import DatabaseError
+
+            self.refused += 1
+            raise DatabaseError("Code: 407. DB::Exception: Decimal convert overflow "
+                                "(fault injected). (DECIMAL_OVERFLOW)", code=407,
+                                name="DECIMAL_OVERFLOW")
+        self.real.insert(table, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_terminal_insert_error_stops_the_writer_at_once_with_the_reason(store: Store) -> None:
+    from pipeline.errors import StoreWriteFailed
+
+    refusing = RefusingStore(store)
+    h = Harness(store)
+    h.proc.sink = Sink(refusing, max_backoff_s=0.2)  # type: ignore[arg-type]
+    h.put(budget("fine", "0.1"))
+    msgs = [RawMessage(json.dumps(h.event("acme", 100_000)).encode(), "usage-events", 0, 0)]
+    acked: list[int] = []
+
+    async def run() -> None:
+        async def ack() -> None:
+            acked.append(1)
+
+        await h.proc.submit(msgs, ack)
+        await h.proc.drain()
+
+    with pytest.raises(StoreWriteFailed, match="budget_breaches for good"):
+        h.run(run())
+    assert refusing.refused == 1  # no retry loop holding every tenant's metering
+    assert acked == []  # the batch's offsets are not committed: a restart replays it
+    assert h.proc.sink.failure is not None and "DECIMAL_OVERFLOW" in h.proc.sink.failure
