@@ -144,6 +144,7 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
 
         budgets = [b for b in processor.book.budgets.values()
                    if (budget_id is None or b.budget_id == budget_id)
+                   and b.budget_id not in processor.failed_budgets  # skipped, with reason
                    and (not owned_only or processor.partition_of(b.tenant_id)
                         in live.partitions)]
 
