@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -86,8 +86,17 @@ def register_budget_views(app: Any, runtime: Any) -> None:
 
     @app.page("/api/decision")
     class Decide(View):
-        @app.topic_route(runtime.events_topic, query_param="tenant_id")  # type: ignore[untyped-decorator]
         async def get(self, request: Request) -> Response:
+            # Faust's routing reads tenant_id before any handler code: without it, a 500
+            if not request.query.get("tenant_id"):
+                return self.json({"error": "missing parameter tenant_id; need tenant_id, "
+                                  "model, estimated_input_tokens, estimated_output_tokens"},
+                                 status=400)
+            response: Response = await self.routed(request)
+            return response
+
+        @app.topic_route(runtime.events_topic, query_param="tenant_id")  # type: ignore[untyped-decorator]
+        async def routed(self, request: Request) -> Response:
             q = request.query
             try:
                 req = DecisionRequest(
@@ -103,7 +112,7 @@ def register_budget_views(app: Any, runtime: Any) -> None:
                                  status=400)
             if req.input_tokens < 0 or req.output_tokens < 0:
                 return self.json({"error": "token estimates must not be negative"}, status=400)
-            now = datetime.now(timezone.utc)
+            now = runtime.clock()
             catalog = runtime.catalog
             model = catalog.resolve(req.model)
             if model is None:
