@@ -1,51 +1,86 @@
-"""The versioned model price catalog: data in, lookups out (pure)."""
+"""The versioned model price catalog, keyed by (provider, model): data in, lookups out (pure).
+
+A model name resolves only to an entry of the provider that billed the call, by its exact id
+or a listed alias: no date-suffix stripping and no other provider's rate. A dated snapshot
+the catalog does not list is an unknown model (dead letter; ``tokenmeter prices import`` and
+``dlq replay`` fix it), never priced as its neighbour.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from pipeline.errors import PricingError
+from pipeline.providers import canonical, split_model
 
 PER_MILLION = Decimal(1_000_000)
-_DATE_SUFFIX = re.compile(r"([-@](\d{4}-\d{2}-\d{2}|\d{8}|\d{4})|-latest|-preview)$")
+RATE_FIELDS = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h", "reasoning")
 
 
-class Rates(BaseModel):
-    """Prices per 1M tokens for one tier; a missing cache price falls back to input."""
+class PartialRates(BaseModel):
+    """Prices per 1M tokens; a field left out is not listed (see pricing for what that means)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input: Decimal = Field(ge=0)
-    output: Decimal = Field(ge=0)
+    input: Decimal | None = Field(default=None, ge=0)
+    output: Decimal | None = Field(default=None, ge=0)
     cache_read: Decimal | None = Field(default=None, ge=0)
     cache_write_5m: Decimal | None = Field(default=None, ge=0)
     cache_write_1h: Decimal | None = Field(default=None, ge=0)
     reasoning: Decimal | None = Field(default=None, ge=0)
 
 
+class Rates(PartialRates):
+    """A band's rates: input and output are always listed."""
+
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+
+
 class LongContext(Rates):
-    """Prices for the whole request when its input exceeds ``threshold`` tokens."""
+    """Rates for the whole request when its prompt exceeds ``threshold`` tokens.
+
+    ``counts``: what counts toward the threshold. ``prompt`` is every input token, cache
+    reads and writes included (Anthropic, Google and OpenAI all count the full prompt).
+    """
 
     threshold: int = Field(gt=0)
+    counts: Literal["prompt"] = "prompt"
+
+
+class ServiceTier(PartialRates):
+    """A service tier (batch, flex, priority) as the provider defines it.
+
+    Listed rates replace the standard-context ones; ``long_context`` lists replacements for
+    the long-context band; ``multiplier`` scales every rate of the band that is not listed
+    (Anthropic's and Google's batch halve everything, cache and long context included).
+    """
+
+    multiplier: Decimal | None = Field(default=None, gt=0, le=10)
+    long_context: PartialRates | None = None
 
 
 class PriceVersion(Rates):
     """One version of a model's prices, in force from ``effective_from``."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     version: str
     effective_from: AwareDatetime
     effective_to: AwareDatetime | None = None
     long_context: LongContext | None = None
-    tiers: dict[str, Rates] = Field(default_factory=dict)
+    tiers: dict[str, ServiceTier] = Field(default_factory=dict)
+    source: str = ""  # the page these prices were read from
+    checked: str = ""  # when, and how, somebody last checked them there
+    notes: str = ""
 
     def covers(self, at: datetime) -> bool:
         """True when this version is in force at ``at``."""
@@ -53,7 +88,7 @@ class PriceVersion(Rates):
 
 
 class ModelPrice(BaseModel):
-    """A model with its price history and the names that resolve to it."""
+    """A model at one provider, with its price history and the ids that name it there."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -66,16 +101,17 @@ class ModelPrice(BaseModel):
     sources: list[str] = Field(default_factory=list)
 
     def at(self, when: datetime) -> PriceVersion | None:
-        """The version in force at ``when`` (latest effective_from wins on overlap)."""
+        """The version in force at ``when`` (latest effective_from wins; ties by version id)."""
         best: PriceVersion | None = None
         for v in self.versions:
-            if v.covers(when) and (best is None or v.effective_from > best.effective_from):
+            if v.covers(when) and (best is None or (v.effective_from, v.version)
+                                   > (best.effective_from, best.version)):
                 best = v
         return best
 
 
 class Catalog(BaseModel):
-    """All models; resolves dated snapshots and provider prefixes to catalog entries."""
+    """All models; resolves (provider, model id or alias) to one entry."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -83,49 +119,56 @@ class Catalog(BaseModel):
     models: list[ModelPrice]
 
     def model_post_init(self, __context: Any) -> None:
-        index: dict[str, ModelPrice] = {}
+        index: dict[tuple[str, str], ModelPrice] = {}
+        home: dict[str, ModelPrice] = {}  # name -> entry at its publisher's own API
         for m in self.models:
-            index.setdefault(m.model.lower(), m)
-            for alias in m.aliases:
-                index.setdefault(alias.lower(), m)
+            provider = canonical(m.provider) or m.provider
+            for name in (m.model, *m.aliases):
+                index.setdefault((provider, name.lower()), m)
+                if m.publisher and canonical(m.publisher) == provider:
+                    home.setdefault(name.lower(), m)
         object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_home", home)
         object.__setattr__(self, "_resolved", {})
 
-    def resolve(self, name: str) -> ModelPrice | None:
-        """The catalog entry for a model name, snapshot or provider-prefixed id, or None."""
-        resolved: dict[str, ModelPrice | None] = self._resolved  # type: ignore[attr-defined]
-        if name in resolved:
-            return resolved[name]
-        index: dict[str, ModelPrice] = self._index  # type: ignore[attr-defined]
-        key = name.strip().lower()
-        found = index.get(key)
-        if found is None and "/" in key:
-            found = index.get(key.rsplit("/", 1)[-1])
-            key = key.rsplit("/", 1)[-1]
-        while found is None:
-            stripped = _DATE_SUFFIX.sub("", key)
-            if stripped == key:
-                break
-            key = stripped
-            found = index.get(key)
+    def resolve(self, name: str, provider: str | None = None) -> ModelPrice | None:
+        """The entry for ``name`` at ``provider`` (or the provider prefixed to ``name``).
+
+        Without a provider, a name resolves to its publisher's own API (``gpt-4o`` at
+        OpenAI); used by estimates, never by metering (events always name a provider).
+        """
+        resolved: dict[tuple[str, str], ModelPrice | None] = self._resolved  # type: ignore[attr-defined]
+        key = (provider or "", name)
+        if key in resolved:
+            return resolved[key]
+        index: dict[tuple[str, str], ModelPrice] = self._index  # type: ignore[attr-defined]
+        who, model_id = split_model(provider or "", name)
+        if who is not None:
+            found = index.get((who, model_id.lower()))
+        elif provider:
+            found = None  # a provider we do not price: never someone else's rate
+        else:
+            found = self._home.get(model_id.lower())  # type: ignore[attr-defined]
         if len(resolved) < 10_000:  # bounded: model names come from untrusted input
-            resolved[name] = found
+            resolved[key] = found
         return found
 
-    def price_version(self, name: str, at: datetime) -> tuple[ModelPrice, PriceVersion]:
+    def price_version(self, name: str, at: datetime,
+                      provider: str | None = None) -> tuple[ModelPrice, PriceVersion]:
         """(model, version in force at ``at``) or PricingError(unknown_model)."""
-        model = self.resolve(name)
+        model = self.resolve(name, provider)
         if model is None:
+            at_provider = f" at provider {provider!r}" if provider else ""
             raise PricingError(
                 "unknown_model",
-                f"model {name!r} is not in the price catalog; add it "
+                f"model {name!r}{at_provider} is not in the price catalog; add it "
                 "(tokenmeter prices import) and replay the DLQ",
             )
         version = model.at(at)
         if version is None:
             raise PricingError(
                 "unknown_model",
-                f"model {name!r} has no price in force at {at.isoformat()}",
+                f"model {name!r} ({model.provider}) has no price in force at {at.isoformat()}",
             )
         return model, version
 
@@ -144,17 +187,17 @@ def _builtin() -> Catalog:
 
 
 def merge(base: Catalog, overlay: Catalog) -> Catalog:
-    """Base plus the overlay's versions (same model) and models (new names)."""
-    models = {m.model: m for m in base.models}
+    """Base plus the overlay's versions (same provider and model) and models (new ones)."""
+    models = {(canonical(m.provider) or m.provider, m.model): m for m in base.models}
     for om in overlay.models:
-        target = base.resolve(om.model)
-        if target is None:
-            target = models.get(om.model)
-        if target is None:
-            models[om.model] = om
+        target = base.resolve(om.model, om.provider)
+        key = ((canonical(target.provider) or target.provider, target.model) if target
+               else (canonical(om.provider) or om.provider, om.model))
+        current = models.get(key)
+        if current is None:
+            models[key] = om
             continue
-        current = models[target.model]
-        models[target.model] = current.model_copy(update={
+        models[key] = current.model_copy(update={
             "versions": [*current.versions, *om.versions],
             "aliases": sorted(set(current.aliases) | set(om.aliases)),
             "sources": list(dict.fromkeys([*current.sources, *om.sources])),
@@ -169,51 +212,3 @@ def load_catalog_with_overlays(directory: Path | None) -> Catalog:
         for path in sorted(directory.glob("*.json")):
             catalog = merge(catalog, load_catalog(path))
     return catalog
-
-
-_LITELLM_FIELDS = {
-    "input": "input_cost_per_token",
-    "output": "output_cost_per_token",
-    "cache_read": "cache_read_input_token_cost",
-    "cache_write_5m": "cache_creation_input_token_cost",
-    "cache_write_1h": "cache_creation_input_token_cost_above_1hr",
-    "reasoning": "output_cost_per_reasoning_token",
-}
-
-
-def from_litellm(data: dict[str, Any], effective_from: datetime, version: str,
-                 source: str) -> Catalog:
-    """Convert LiteLLM's model_prices_and_context_window.json shape into catalog versions."""
-    models = []
-    for name, spec in data.items():
-        if name == "sample_spec" or not isinstance(spec, dict):
-            continue
-        if spec.get("input_cost_per_token") is None or spec.get("output_cost_per_token") is None:
-            continue
-        rates = {k: Decimal(str(spec[f])) * PER_MILLION
-                 for k, f in _LITELLM_FIELDS.items() if spec.get(f) is not None}
-        extra: dict[str, Any] = {}
-        for threshold in (128, 200):
-            lin = spec.get(f"input_cost_per_token_above_{threshold}k_tokens")
-            lout = spec.get(f"output_cost_per_token_above_{threshold}k_tokens")
-            if lin is not None and lout is not None:
-                extra["long_context"] = {
-                    "threshold": threshold * 1000,
-                    "input": Decimal(str(lin)) * PER_MILLION,
-                    "output": Decimal(str(lout)) * PER_MILLION,
-                }
-        tiers = {}
-        for tier, suffix in (("batch", "batches"), ("priority", "priority"), ("flex", "flex")):
-            tin = spec.get(f"input_cost_per_token_{suffix}")
-            tout = spec.get(f"output_cost_per_token_{suffix}")
-            if tin is not None and tout is not None:
-                tiers[tier] = {"input": Decimal(str(tin)) * PER_MILLION,
-                               "output": Decimal(str(tout)) * PER_MILLION}
-        models.append({
-            "model": name,
-            "provider": str(spec.get("litellm_provider", "unknown")),
-            "versions": [{"version": version, "effective_from": effective_from,
-                          **rates, **extra, "tiers": tiers}],
-            "sources": [source],
-        })
-    return Catalog.model_validate({"models": models})

@@ -41,7 +41,8 @@ class Meter:
 
     def price(self, event: UsageEvent) -> PricedUsage:
         """Price and score one validated event (raises PricingError for unknown models)."""
-        model, version = self.catalog.price_version(event.model, event.timestamp)
+        model, version = self.catalog.price_version(event.model, event.timestamp,
+                                                    event.provider)
         source = "provided"
         input_tokens = event.input_tokens
         output_tokens = event.output_tokens
@@ -76,7 +77,6 @@ class Meter:
             currency=self.catalog.currency,
             service_tier=event.service_tier.value,
             cache_hit=event.cache_hit,
-            cache_ttl=event.attributes.get("cache_ttl", "5m"),
         )
         weight, units, tier = score(
             self.policy,

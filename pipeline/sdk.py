@@ -78,8 +78,9 @@ class AsyncUsageProducer:
         if isinstance(event["timestamp"], datetime):
             event["timestamp"] = event["timestamp"].isoformat()
         validate_event(event, now=now)
-        if self.catalog.resolve(model) is None:
-            raise PricingError("unknown_model", f"model {model!r} is not in the price catalog")
+        if self.catalog.resolve(model, provider) is None:
+            raise PricingError("unknown_model", f"model {model!r} at provider {provider!r} is "
+                               "not in the price catalog")
         return event
 
     async def record(self, *, tenant_id: str, provider: str, model: str,

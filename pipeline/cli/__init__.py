@@ -72,8 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--input-tokens", type=int, default=0)
     sp.add_argument("--output-tokens", type=int, default=0)
     sp.add_argument("--cache-read-tokens", type=int, default=0)
-    sp.add_argument("--cache-creation-tokens", type=int, default=0)
+    sp.add_argument("--cache-creation-tokens", type=int, default=0,
+                    help="all cache writes (5-minute and 1-hour)")
+    sp.add_argument("--cache-write-1h-tokens", type=int, default=0,
+                    help="the part of --cache-creation-tokens written with a 1-hour TTL")
     sp.add_argument("--reasoning-tokens", type=int, default=0)
+    sp.add_argument("--provider", help="who bills the call (default: the model's publisher; "
+                    "or prefix the model: azure/gpt-4o)")
     sp.add_argument("--service-tier", default="standard",
                     choices=["standard", "batch", "flex", "priority"])
     sp.add_argument("--at", metavar="TS", help="RFC 3339 time to price at (default now)")

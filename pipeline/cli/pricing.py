@@ -11,9 +11,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import Catalog, ModelPrice, from_litellm, load_catalog_with_overlays
+from pipeline.catalog import Catalog, ModelPrice, load_catalog_with_overlays
 from pipeline.errors import ConfigError, ValidationFailed
 from pipeline.events import COST_ADAPTER, priced_json
+from pipeline.litellm_prices import from_litellm
 from pipeline.meter import Meter
 from pipeline.pricing import TokenCounts, cost_lines
 from pipeline.settings import Settings
@@ -38,9 +39,11 @@ def price_one(args: argparse.Namespace, now: datetime, prices_dir: Path | None =
         cache_read_input_tokens=args.cache_read_tokens,
         cache_creation_input_tokens=args.cache_creation_tokens,
         reasoning_output_tokens=args.reasoning_tokens,
+        cache_creation_1h_input_tokens=args.cache_write_1h_tokens,
     )
     for name in ("input_tokens", "output_tokens", "cache_read_input_tokens",
-                 "cache_creation_input_tokens", "reasoning_output_tokens"):
+                 "cache_creation_input_tokens", "reasoning_output_tokens",
+                 "cache_creation_1h_input_tokens"):
         if getattr(counts, name) < 0:
             raise ConfigError(f"{name} must not be negative")
     if counts.cache_read_input_tokens + counts.cache_creation_input_tokens > counts.input_tokens:
@@ -48,12 +51,14 @@ def price_one(args: argparse.Namespace, now: datetime, prices_dir: Path | None =
                           "(input includes cached tokens)")
     if counts.reasoning_output_tokens > counts.output_tokens:
         raise ConfigError("--reasoning-tokens exceed --output-tokens (output includes reasoning)")
+    if counts.cache_creation_1h_input_tokens > counts.cache_creation_input_tokens:
+        raise ConfigError("--cache-write-1h-tokens exceed --cache-creation-tokens (all writes)")
     try:
-        model, version = catalog.price_version(args.model, at)
+        model, version = catalog.price_version(args.model, at, args.provider)
+        lines = cost_lines(counts, model, version, currency=catalog.currency,
+                           service_tier=args.service_tier)
     except ValidationFailed as exc:
         raise ConfigError(exc.detail) from None
-    lines = cost_lines(counts, model, version, currency=catalog.currency,
-                       service_tier=args.service_tier)
     out = {"model": args.model, "priced_model": model.model, "provider": model.provider,
            "at": at.isoformat(), **COST_ADAPTER.dump_python(lines, mode="json")}
     if args.json:

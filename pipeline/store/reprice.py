@@ -115,7 +115,8 @@ def _reprice_rows(rows: Any, catalog: Catalog, now: datetime,
         row = list(stored)
         ts = row[index["timestamp"]]
         try:
-            model, version = catalog.price_version(row[index["model"]], _utc(ts))
+            model, version = catalog.price_version(row[index["model"]], _utc(ts),
+                                                    row[index["provider"]])
         except PricingError:
             unpriced += 1
             continue
@@ -125,8 +126,7 @@ def _reprice_rows(rows: Any, catalog: Catalog, now: datetime,
                         row[index["cache_creation_input_tokens"]],
                         row[index["reasoning_output_tokens"]]),
             model, version, currency=catalog.currency,
-            service_tier=row[index["service_tier"]], cache_hit=bool(row[index["cache_hit"]]),
-            cache_ttl=row[index["attributes"]].get("cache_ttl", "5m"))
+            service_tier=row[index["service_tier"]], cache_hit=bool(row[index["cache_hit"]]))
         old_total = row[index["total_cost"]]
         if lines.total_cost == old_total and lines.saved_cost == row[index["saved_cost"]]:
             continue

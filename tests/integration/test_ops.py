@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import from_litellm
+from pipeline.litellm_prices import from_litellm
 from pipeline.ops import OpContext, dlq_list, dlq_replay, export_focus, report, reprice
 from pipeline.report import html_report
 from pipeline.settings import load_settings
@@ -107,7 +107,8 @@ def test_reprice_corrects_costs_with_audit_and_rollups(store: Store, tmp_path: P
     fill(store)
     old = ledger_total(store)
     import_prices(tmp_path, {"gpt-4o-mini": {"input_cost_per_token": 3e-07,
-                                             "output_cost_per_token": 1.2e-06}},
+                                             "output_cost_per_token": 1.2e-06,
+                                             "litellm_provider": "openai"}},
                   DAY - timedelta(days=1))  # a correction effective in the past: doubles it
     body = {"from": (DAY - timedelta(days=1)).date().isoformat(),
             "to": (NOW + timedelta(days=1)).date().isoformat()}
@@ -149,7 +150,8 @@ def test_reprice_rollups_stay_exact_when_inserts_land_in_between(store: Store,
 
     fill(store)
     import_prices(tmp_path, {"gpt-4o-mini": {"input_cost_per_token": 3e-07,
-                                             "output_cost_per_token": 1.2e-06}},
+                                             "output_cost_per_token": 1.2e-06,
+                                             "litellm_provider": "openai"}},
                   DAY - timedelta(days=1))
     db = store.database
     template = list(store.query(f"SELECT {', '.join(USAGE_COLUMNS)} FROM {db}.usage_events "

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from pipeline.broker import EmbeddedBroker
-from pipeline.catalog import from_litellm
+from pipeline.litellm_prices import from_litellm
 from pipeline.settings import load_settings
 from tests.conftest import free_port, subprocess_env
 from tests.helpers import NOW, ApiWorker, produce
@@ -187,7 +187,8 @@ def test_reprice_through_the_worker_refreshes_its_live_spend(worker: ApiWorker) 
     prices.mkdir(parents=True, exist_ok=True)
     effective = NOW - timedelta(days=1)
     cat = from_litellm({"gpt-4o-mini": {"input_cost_per_token": 3e-07,
-                                        "output_cost_per_token": 1.2e-06}},
+                                        "output_cost_per_token": 1.2e-06,
+                                        "litellm_provider": "openai"}},
                        effective, "sec-fix", "test")  # twice the list price
     (prices / f"{effective.timestamp():.0f}.json").write_text(cat.model_dump_json())
     day = NOW.date()

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import from_litellm, load_catalog, load_catalog_with_overlays, merge
+from pipeline.catalog import load_catalog, load_catalog_with_overlays, merge
+from pipeline.litellm_prices import from_litellm
 
 CAT = load_catalog()
 NOW = datetime(2025, 7, 1, tzinfo=timezone.utc)
@@ -37,21 +38,22 @@ def test_versions_do_not_overlap() -> None:
 
 
 @pytest.mark.parametrize(
-    "name, at, inp, out",
+    "name, provider, at, inp, out",
     [
         # the product brief's table (blended there; list input/output here)
-        ("gpt-4o", datetime(2024, 6, 1, tzinfo=timezone.utc), "5.00", "15.00"),
-        ("gpt-4o-mini", NOW, "0.15", "0.60"),
-        ("claude-3-5-sonnet", NOW, "3.00", "15.00"),
-        ("claude-3-haiku", NOW, "0.25", "1.25"),
-        ("gemini-1.5-pro", datetime(2024, 6, 1, tzinfo=timezone.utc), "3.50", "10.50"),
-        ("gemini-1.5-flash", datetime(2024, 6, 1, tzinfo=timezone.utc), "0.35", "1.05"),
-        ("llama-3-70b", NOW, "0.59", "0.79"),
-        ("llama-3-8b", NOW, "0.05", "0.08"),
+        ("gpt-4o", "openai", datetime(2024, 6, 1, tzinfo=timezone.utc), "5.00", "15.00"),
+        ("gpt-4o-mini", "openai", NOW, "0.15", "0.60"),
+        ("claude-3-5-sonnet", "anthropic", NOW, "3.00", "15.00"),
+        ("claude-3-haiku", "anthropic", NOW, "0.25", "1.25"),
+        ("gemini-1.5-pro", "google", datetime(2024, 6, 1, tzinfo=timezone.utc), "3.50", "10.50"),
+        ("gemini-1.5-flash", "google", datetime(2024, 6, 1, tzinfo=timezone.utc), "0.35", "1.05"),
+        ("llama-3-70b", "groq", NOW, "0.59", "0.79"),
+        ("llama-3-8b", "groq", NOW, "0.05", "0.08"),
     ],
 )
-def test_brief_models_present(name: str, at: datetime, inp: str, out: str) -> None:
-    m = CAT.resolve(name)
+def test_brief_models_present(name: str, provider: str, at: datetime, inp: str,
+                              out: str) -> None:
+    m = CAT.resolve(name, provider)
     assert m is not None
     v = m.at(at)
     assert v is not None
@@ -59,25 +61,52 @@ def test_brief_models_present(name: str, at: datetime, inp: str, out: str) -> No
 
 
 @pytest.mark.parametrize(
-    "alias, model",
+    "provider, alias, model",
     [
-        ("gpt-4o-2024-08-06", "gpt-4o"),
-        ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),
-        ("GPT-4o", "gpt-4o"),
-        ("gpt-4o-2099-01-01", "gpt-4o"),
-        ("claude-3-haiku-20240307", "claude-3-haiku"),
-        ("anthropic/claude-3-5-sonnet-20240620", "claude-3-5-sonnet"),
-        ("claude-3-5-sonnet-latest", "claude-3-5-sonnet"),
-        ("mistral-large-2411", "mistral-large"),
-        ("meta-llama/Meta-Llama-3-70B-Instruct", "llama-3-70b"),
-        ("llama3-8b-8192", "llama-3-8b"),
-        ("gemini-1.5-pro-002", "gemini-1.5-pro"),
-        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("openai", "gpt-4o-2024-08-06", "gpt-4o-2024-08-06"),  # a snapshot is itself
+        ("openai", "gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),
+        ("openai", "GPT-4o", "gpt-4o"),
+        ("anthropic", "claude-3-haiku-20240307", "claude-3-haiku"),
+        ("anthropic", "anthropic/claude-3-5-sonnet-20240620", "claude-3-5-sonnet"),
+        ("openai", "anthropic/claude-3-5-sonnet-20240620", "claude-3-5-sonnet"),  # prefix wins
+        ("anthropic", "claude-3-5-sonnet-latest", "claude-3-5-sonnet"),
+        ("mistral", "mistral-large-2411", "mistral-large"),
+        ("groq", "meta-llama/Meta-Llama-3-70B-Instruct", "llama-3-70b"),
+        ("groq", "llama3-8b-8192", "llama-3-8b"),
+        ("google", "gemini-1.5-pro-002", "gemini-1.5-pro"),
+        ("gemini", "gemini-1.5-pro-002", "gemini-1.5-pro"),  # provider spellings
+        ("gcp.gemini", "gemini-1.5-pro-002", "gemini-1.5-pro"),
+        ("OpenAI", "gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("x", "openai/gpt-4o-mini", "gpt-4o-mini"),
     ],
 )
-def test_aliases(alias: str, model: str) -> None:
-    found = CAT.resolve(alias)
+def test_aliases(provider: str, alias: str, model: str) -> None:
+    found = CAT.resolve(alias, provider)
     assert found is not None and found.model == model
+
+
+@pytest.mark.parametrize(
+    "provider, name",
+    [
+        ("openai", "gpt-4o-2099-01-01"),  # an unknown snapshot is not guessed
+        ("openai", "gpt-3.5-turbo-0613"),  # nor priced as -0125
+        ("openai", "gpt-4o-preview"),
+        ("together", "deepseek-ai/DeepSeek-R1-0000"),
+        ("deepseek", "together_ai/deepseek-reasoner"),  # Together is not DeepSeek's API
+        ("bedrock", "llama-3-70b"),  # Groq's rate is not Bedrock's
+        ("groq", "claude-3-haiku"),
+        ("my-gateway", "gpt-4o"),  # a provider we do not price
+        ("openai", "claude-3-haiku"),
+    ],
+)
+def test_never_another_providers_rate(provider: str, name: str) -> None:
+    assert CAT.resolve(name, provider) is None
+
+
+def test_without_provider_a_name_means_its_publishers_api() -> None:
+    m = CAT.resolve("gpt-4o-mini")
+    assert m is not None and m.provider == "openai"
+    assert CAT.resolve("llama-3-70b") is None  # Meta sells no API: no home to assume
 
 
 def test_litellm_import_adds_a_version(tmp_path: Path) -> None:
@@ -97,19 +126,22 @@ def test_litellm_import_adds_a_version(tmp_path: Path) -> None:
     imported = from_litellm(data, eff, "import-2026-01-01", "map.json")
     assert {m.model for m in imported.models} == {"gpt-4o", "brand-new-model"}
     merged = merge(CAT, imported)
-    before = merged.price_version("gpt-4o", datetime(2025, 12, 31, tzinfo=timezone.utc))[1]
-    after = merged.price_version("gpt-4o", datetime(2026, 1, 2, tzinfo=timezone.utc))[1]
+    before = merged.price_version("gpt-4o", datetime(2025, 12, 31, tzinfo=timezone.utc),
+                                  "openai")[1]
+    after = merged.price_version("gpt-4o", datetime(2026, 1, 2, tzinfo=timezone.utc),
+                                 "openai")[1]
     assert before.input == D("2.50") and after.input == D("2.000000")
     assert after.tiers["batch"].output == D("4.000000")
-    assert merged.resolve("brand-new-model") is not None
-    assert merged.resolve("gpt-4o-2024-08-06").model == "gpt-4o"  # aliases survive
+    assert merged.resolve("brand-new-model", "newco") is None  # a provider we do not price
+    assert merged.resolve("gpt-4o-mini-2024-07-18", "openai").model == "gpt-4o-mini"
 
 
 def test_overlay_directory(tmp_path: Path) -> None:
     imported = from_litellm({"newco-1": {"input_cost_per_token": 1e-06,
-                                         "output_cost_per_token": 2e-06}},
+                                         "output_cost_per_token": 2e-06,
+                                         "litellm_provider": "together_ai"}},
                             NOW, "v-test", "x")
     (tmp_path / "001.json").write_text(imported.model_dump_json())
     cat = load_catalog_with_overlays(tmp_path)
-    assert cat.resolve("newco-1") is not None
-    assert load_catalog_with_overlays(tmp_path / "missing").resolve("newco-1") is None
+    assert cat.resolve("newco-1", "together") is not None
+    assert load_catalog_with_overlays(tmp_path / "missing").resolve("newco-1", "together") is None

@@ -1,3 +1,9 @@
+"""Pricing composition: base -> long context -> service tier -> cache TTL, computed by hand.
+
+The first table prices synthetic versions shaped like each provider's rules (so the
+composition is tested apart from catalog data); the second prices the shipped catalog.
+"""
+
 from datetime import datetime, timezone
 from decimal import Decimal as D
 
@@ -5,168 +11,202 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.catalog import Catalog, load_catalog
+from pipeline.catalog import Catalog, ModelPrice, PriceVersion, load_catalog
 from pipeline.errors import PricingError
-from pipeline.pricing import TokenCounts, cost_lines
+from pipeline.pricing import TokenCounts, cost_lines, price_lines
 
-AT = datetime(2025, 7, 1, tzinfo=timezone.utc)
+UTC = timezone.utc
+AT = datetime(2025, 11, 1, tzinfo=UTC)
 CAT = load_catalog()
 
 
-def price(model: str, at: datetime = AT, tier: str = "standard", hit: bool = False,
-          ttl: str = "5m", **counts: int):
-    m, v = CAT.price_version(model, at)
+def version(**spec) -> PriceVersion:
+    return PriceVersion.model_validate({"version": "t", "effective_from": "2025-01-01T00:00:00Z",
+                                        **spec})
+
+
+# Anthropic's rules: 5m writes 1.25x, 1h writes 2x, reads 0.1x; above 200k prompt tokens the
+# long-context rates price the whole request; batch halves every rate, long context included
+ANTHROPIC = version(input="3", output="15", cache_read="0.30", cache_write_5m="3.75",
+                    cache_write_1h="6", long_context={
+                        "threshold": 200_000, "input": "6", "output": "22.50",
+                        "cache_read": "0.60", "cache_write_5m": "7.50", "cache_write_1h": "12"},
+                    tiers={"batch": {"multiplier": "0.5"}})
+# OpenAI's: cached input listed, no write price (writes are free / billed as input), batch
+# and flex half price, priority its own list
+OPENAI = version(input="1.25", output="10", cache_read="0.125",
+                 tiers={"batch": {"multiplier": "0.5"}, "flex": {"multiplier": "0.5"},
+                        "priority": {"input": "2.50", "output": "20", "cache_read": "0.25"}})
+# Google's: long context above 200k with its own cache-read price, batch half price
+GOOGLE = version(input="1.25", output="10", cache_read="0.125",
+                 long_context={"threshold": 200_000, "input": "2.50", "output": "15",
+                               "cache_read": "0.25"},
+                 tiers={"batch": {"multiplier": "0.5"}})
+VERSIONS = {"anthropic": ANTHROPIC, "openai": OPENAI, "google": GOOGLE}
+MODEL = ModelPrice(model="m", provider="x", versions=[OPENAI])
+
+
+def calc(v: PriceVersion, tier: str = "standard", *, i: int = 0, o: int = 0, cr: int = 0,
+         cw: int = 0, cw1h: int = 0, r: int = 0) -> D:
+    c = TokenCounts(input_tokens=i, output_tokens=o, cache_read_input_tokens=cr,
+                    cache_creation_input_tokens=cw, reasoning_output_tokens=r,
+                    cache_creation_1h_input_tokens=cw1h)
+    return cost_lines(c, MODEL, v, currency="USD", service_tier=tier).total_cost
+
+
+@pytest.mark.parametrize(("provider", "tier", "counts", "expected"), [
+    # Anthropic, standard context
+    ("anthropic", "standard", dict(i=100_000, o=10_000), D("0.45")),  # .3 + .15
+    ("anthropic", "standard", dict(i=100_000, cr=90_000, o=100_000), D("1.557")),  # .03+.027+1.5
+    ("anthropic", "batch", dict(i=100_000, cr=90_000, o=100_000), D("0.7785")),  # reads at .15
+    # writes: 40k of 100k input, 10k of them 1h; 20k reads; uncached 40k
+    ("anthropic", "standard", dict(i=100_000, cr=20_000, cw=40_000, cw1h=10_000),
+     D("0.2985")),  # .12 + .006 + .1125 + .06
+    ("anthropic", "batch", dict(i=100_000, cr=20_000, cw=40_000, cw1h=10_000), D("0.14925")),
+    # long context: the prompt counts reads and writes toward 200k (only 100k uncached here)
+    ("anthropic", "standard", dict(i=300_000, o=100_000), D("4.05")),  # 1.8 + 2.25
+    ("anthropic", "batch", dict(i=300_000, o=100_000), D("2.025")),
+    ("anthropic", "standard", dict(i=250_000, cr=100_000, cw=50_000, cw1h=20_000, o=10_000),
+     D("1.35")),  # .6 + .06 + .225 + .24 + .225
+    ("anthropic", "batch", dict(i=250_000, cr=100_000, cw=50_000, cw1h=20_000, o=10_000),
+     D("0.675")),
+    ("anthropic", "standard", dict(i=200_000), D("0.6")),  # at the threshold: base rates
+    ("anthropic", "standard", dict(i=200_001), D("1.200006")),  # above it: all at 6
+    # OpenAI: reasoning is output; cached input; tiers
+    ("openai", "standard", dict(i=1_000_000, cr=400_000, o=100_000, r=60_000), D("1.8")),
+    ("openai", "batch", dict(i=1_000_000, cr=400_000, o=100_000, r=60_000), D("0.9")),
+    ("openai", "flex", dict(i=1_000_000, cr=400_000, o=100_000, r=60_000), D("0.9")),
+    ("openai", "priority", dict(i=1_000_000, cr=400_000, o=100_000, r=60_000), D("3.6")),
+    ("openai", "standard", dict(i=100_000, cw=100_000), D("0.125")),  # a 5m write as input
+    ("openai", "standard", dict(), D(0)),
+    # Google: long context with its own cache-read rate, batch halves both bands
+    ("google", "standard", dict(i=100_000, cr=50_000, o=10_000), D("0.16875")),
+    ("google", "batch", dict(i=100_000, cr=50_000, o=10_000), D("0.084375")),
+    ("google", "standard", dict(i=300_000, cr=100_000, o=10_000), D("0.675")),  # .5+.025+.15
+    ("google", "batch", dict(i=300_000, cr=100_000, o=10_000), D("0.3375")),
+])
+def test_composition_table(provider: str, tier: str, counts: dict, expected: D) -> None:
+    assert calc(VERSIONS[provider], tier, **counts) == expected
+
+
+@pytest.mark.parametrize(("v", "tier", "counts", "fragment"), [
+    (OPENAI, "standard", dict(i=100_000, cw=100_000, cw1h=100_000), "1-hour cache-write"),
+    (version(input="1", output="2"), "standard", dict(i=10, cr=5), "cache-read"),
+    (GOOGLE, "flex", dict(i=10), "'flex' service tier"),
+    (GOOGLE, "priority", dict(i=10), "'priority' service tier"),
+])
+def test_what_the_catalog_does_not_list_is_refused_never_guessed(v, tier, counts,
+                                                                 fragment) -> None:
+    with pytest.raises(PricingError) as info:
+        calc(v, tier, **counts)
+    assert info.value.reason_code == "unpriced" and fragment in info.value.detail
+
+
+def test_tier_listing_for_the_long_context_band() -> None:
+    v = version(input="1", output="2", long_context={"threshold": 10, "input": "4",
+                                                     "output": "8"},
+                tiers={"priority": {"input": "1.5", "output": "3",
+                                    "long_context": {"input": "5"}, "multiplier": "2"}})
+    assert calc(v, "priority", i=5, o=1_000_000) == D("3.0000075")  # listed: 5 x 1.5 + 3
+    # long band: listed input 5, output = 8 x 2 (the multiplier covers what is not listed)
+    assert calc(v, "priority", i=1_000_000, o=1_000_000) == D("21")
+
+
+def test_rate_sources_name_the_composition() -> None:
+    c = TokenCounts(input_tokens=300_000, output_tokens=10, cache_read_input_tokens=1,
+                    cache_creation_input_tokens=3, cache_creation_1h_input_tokens=1)
+    sources = {ln.name: ln.rate.source for ln in price_lines(c, ANTHROPIC, "batch")}
+    assert sources == {"input": "long_context.input x batch 0.5",
+                       "output": "long_context.output x batch 0.5",
+                       "cache_read": "long_context.cache_read x batch 0.5",
+                       "cache_write_5m": "long_context.cache_write_5m x batch 0.5",
+                       "cache_write_1h": "long_context.cache_write_1h x batch 0.5"}
+
+
+# -- the shipped catalog, priced by hand --------------------------------------------------
+
+def catalog_cost(model: str, provider: str | None = None, at: datetime = AT,
+                 tier: str = "standard", **counts: int) -> D:
+    m, v = CAT.price_version(model, at, provider)
     c = TokenCounts(input_tokens=counts.get("i", 0), output_tokens=counts.get("o", 0),
                     cache_read_input_tokens=counts.get("cr", 0),
                     cache_creation_input_tokens=counts.get("cw", 0),
-                    reasoning_output_tokens=counts.get("r", 0))
-    return cost_lines(c, m, v, currency="USD", service_tier=tier, cache_hit=hit, cache_ttl=ttl)
+                    reasoning_output_tokens=counts.get("r", 0),
+                    cache_creation_1h_input_tokens=counts.get("cw1h", 0))
+    return cost_lines(c, m, v, currency="USD", service_tier=tier).total_cost
 
 
-@pytest.mark.parametrize(
-    "model, kwargs, total",
-    [
-        # plain input/output
-        ("gpt-4o", dict(i=1_000_000, o=0), D("2.50")),
-        ("gpt-4o", dict(i=0, o=1_000_000), D("10.00")),
-        ("gpt-4o", dict(i=1000, o=500), D("0.0075")),
-        ("gpt-4o-mini", dict(i=1_000_000, o=1_000_000), D("0.75")),
-        ("claude-3-5-sonnet", dict(i=1_000_000, o=1_000_000), D("18.00")),
-        ("claude-3-haiku", dict(i=1_000_000, o=1_000_000), D("1.50")),
-        ("gemini-1.5-pro", dict(i=1_000_000, o=0), D("2.50")),  # > 128k: long context
-        ("gemini-1.5-pro", dict(i=100_000, o=0), D("0.125")),
-        ("llama-3-70b", dict(i=1_000_000, o=1_000_000), D("1.38")),
-        ("llama-3-8b", dict(i=1_000_000, o=1_000_000), D("0.13")),
-        # dated snapshot resolves to family price
-        ("gpt-4o-2024-08-06", dict(i=1_000_000), D("2.50")),
-        ("claude-3-5-sonnet-20241022", dict(o=1_000_000), D("15.00")),
-        ("openai/gpt-4o-mini", dict(i=1_000_000), D("0.15")),
-        # cached reads are part of input: uncached = input - read - write
-        ("gpt-4o", dict(i=1_000_000, cr=400_000), D("1.50") + D("0.50")),
-        ("claude-3-5-sonnet", dict(i=1_000_000, cr=500_000, cw=100_000),
-         D("1.20") + D("0.15") + D("0.375")),
-        # 1-hour cache writes cost more where the catalog says so
-        ("claude-3-5-sonnet", dict(i=100_000, cw=100_000, ttl="1h"), D("0.60")),
-        # no cache price: cached tokens at the input price
-        ("llama-3-70b", dict(i=1_000_000, cr=1_000_000), D("0.59")),
-        # reasoning is part of output
-        ("o3", dict(o=1_000_000, r=600_000), D("8.00")),
-        # long context applies to the whole request
-        ("claude-sonnet-4", dict(i=200_001, o=1000), D("200001") * D("6") / D(10**6)
-         + D("1000") * D("22.50") / D(10**6)),
-        ("claude-sonnet-4", dict(i=200_000, o=1000), D("0.6") + D("0.015")),
-        # service tiers
-        ("gpt-4o", dict(i=1_000_000, o=1_000_000, tier="batch"), D("6.25")),
-        ("gpt-4o", dict(i=1_000_000, o=1_000_000, tier="priority"), D("21.25")),
-        ("o3", dict(i=1_000_000, o=1_000_000, tier="flex"), D("5.00")),
-        ("llama-3-70b", dict(i=1_000_000, tier="batch"), D("0.59")),  # no tier price: standard
-        # zero tokens cost zero
-        ("gpt-4o", dict(), D(0)),
-    ],
-)
-def test_cost_table(model: str, kwargs: dict, total: D) -> None:
-    lines = price(model, **kwargs)
-    assert lines.total_cost == total
-    parts = (lines.input_cost + lines.cache_read_cost + lines.cache_write_cost
-             + lines.output_cost + lines.reasoning_cost)
-    assert parts == lines.total_cost
+@pytest.mark.parametrize(("model", "provider", "at", "tier", "counts", "expected"), [
+    # the issue's cases
+    ("claude-sonnet-4-5", "anthropic", AT, "batch", dict(i=300_000, o=100_000), D("2.025")),
+    ("claude-sonnet-4-5", "anthropic", AT, "standard", dict(i=300_000, o=100_000), D("4.05")),
+    ("claude-sonnet-4-5", "anthropic", AT, "batch", dict(i=100_000, cr=90_000, o=100_000),
+     D("0.7785")),
+    ("gpt-4o-2024-08-06", "openai", datetime(2024, 9, 1, tzinfo=UTC), "standard",
+     dict(i=1_000_000, o=1_000_000), D("12.50")),
+    ("gpt-4o", "openai", datetime(2024, 9, 1, tzinfo=UTC), "standard",
+     dict(i=1_000_000, o=1_000_000), D("20.00")),  # the alias still meant 2024-05-13 then
+    ("gpt-4o", "openai", AT, "standard", dict(i=1_000_000, o=1_000_000), D("12.50")),
+    # 1h writes at 2x input, 5m at 1.25x, one call carrying both (Anthropic reports both)
+    ("claude-sonnet-4-5", "anthropic", AT, "standard",
+     dict(i=100_000, cw=100_000, cw1h=40_000), D("0.465")),  # .06 x 3.75 + .04 x 6
+    ("claude-haiku-4-5", "anthropic", AT, "standard", dict(i=100_000, o=10_000), D("0.15")),
+    ("gpt-5", "openai", AT, "priority", dict(i=1_000_000, cr=500_000, o=100_000),
+     D("3.375")),  # .5 x 2.5 + .5 x .25 + .1 x 20
+    ("o3", "openai", datetime(2025, 5, 1, tzinfo=UTC), "standard", dict(o=1_000_000, r=600_000),
+     D("40.00")),  # before the June 2025 cut; reasoning billed as output
+    ("o3", "openai", AT, "flex", dict(i=1_000_000, o=1_000_000), D("5.00")),
+])
+def test_catalog_table(model, provider, at, tier, counts, expected) -> None:
+    assert catalog_cost(model, provider, at, tier, **counts) == expected
 
 
-@pytest.mark.parametrize(
-    "model, at, total, version",
-    [
-        ("gpt-4o", datetime(2024, 6, 1, tzinfo=timezone.utc), D("20.00"), "2024-05-13"),
-        ("gpt-4o", datetime(2024, 10, 2, tzinfo=timezone.utc), D("12.50"), "2024-10-02"),
-        ("gemini-1.5-pro", datetime(2024, 9, 30, 23, 59, tzinfo=timezone.utc), D("3.50") + D("10.50"), "2024-05-14"),
-        ("gemini-1.5-pro", datetime(2024, 10, 1, tzinfo=timezone.utc), D("6.25"), "2024-10-01"),
-        ("gemini-1.5-flash", datetime(2024, 8, 1, tzinfo=timezone.utc), D("1.40"), "2024-05-14"),
-        ("o3", datetime(2025, 5, 1, tzinfo=timezone.utc), D("50.00"), "2025-04-16"),
-        ("deepseek-chat", datetime(2025, 3, 1, tzinfo=timezone.utc), D("1.37"), "2025-02-09"),
-    ],
-)
-def test_version_in_force_at_event_time(model: str, at: datetime, total: D, version: str) -> None:
-    # 100k input keeps Gemini under its long-context threshold; scale to 1M-equivalents
-    lines = price(model, at=at, i=100_000, o=100_000)
-    assert lines.total_cost * 10 == total
-    assert lines.price_version == version
+# -- properties over random calls ---------------------------------------------------------
 
-
-def test_cache_hit_costs_zero_and_records_saving() -> None:
-    miss = price("gpt-4o", i=1000, o=1000)
-    hit = price("gpt-4o", i=1000, o=1000, hit=True)
-    assert hit.total_cost == 0
-    assert hit.saved_cost == miss.total_cost
-    assert miss.saved_cost == 0
-
-
-@pytest.mark.parametrize("name", ["gpt-99", "claude-unknown", "", "llama-2-7b"])
-def test_unknown_model_is_an_error_never_zero(name: str) -> None:
-    with pytest.raises(PricingError) as info:
-        CAT.price_version(name, AT)
-    assert info.value.reason_code == "unknown_model"
-
-
-def test_no_version_before_first_effective_date() -> None:
-    with pytest.raises(PricingError):
-        CAT.price_version("gpt-5", datetime(2024, 1, 1, tzinfo=timezone.utc))
-
-
-MODELS = sorted(m.model for m in CAT.models)
 counts = st.integers(min_value=0, max_value=5_000_000)
 
 
 @st.composite
-def calls(draw: st.DrawFn) -> tuple[str, TokenCounts, str]:
+def calls(draw: st.DrawFn) -> tuple[PriceVersion, TokenCounts, str]:
     i = draw(counts)
     cr = draw(st.integers(0, i))
     cw = draw(st.integers(0, i - cr))
+    cw1h = draw(st.integers(0, cw))
     o = draw(counts)
     r = draw(st.integers(0, o))
-    tier = draw(st.sampled_from(["standard", "batch", "flex", "priority"]))
-    return draw(st.sampled_from(MODELS)), TokenCounts(i, o, cr, cw, r), tier
+    pool = [*VERSIONS.values(), *(v for m in CAT.models for v in m.versions)]
+    v = draw(st.sampled_from(pool))
+    tier = draw(st.sampled_from(["standard", *sorted(v.tiers)]))
+    return v, TokenCounts(i, o, cr, cw, r, cw1h), tier
 
 
-def _cost(model: str, c: TokenCounts, tier: str, hit: bool = False) -> D:
-    m = CAT.resolve(model)
-    assert m is not None
-    v = max(m.versions, key=lambda x: x.effective_from)
-    return cost_lines(c, m, v, currency="USD", service_tier=tier, cache_hit=hit).total_cost
-
-
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(calls())
-def test_properties(call: tuple[str, TokenCounts, str]) -> None:
-    model, c, tier = call
-    m = CAT.resolve(model)
-    assert m is not None
-    v = max(m.versions, key=lambda x: x.effective_from)
-    lines = cost_lines(c, m, v, currency="USD", service_tier=tier)
-    total = lines.total_cost
-    assert isinstance(total, D)
-    assert total >= 0
-    assert (lines.input_cost + lines.cache_read_cost + lines.cache_write_cost
-            + lines.output_cost + lines.reasoning_cost) == total
-    # exact: cost * 1e6 is a whole multiple of the smallest price unit we store
-    assert (total * 10**6) == (total * 10**6).quantize(D("1e-9"))
-    # monotonic in every token count (within one pricing tier: stay below long-context)
-    thr = v.long_context.threshold if v.long_context else None
-    if thr is None or c.input_tokens < thr:
-        more_out = TokenCounts(c.input_tokens, c.output_tokens + 1, c.cache_read_input_tokens,
-                               c.cache_creation_input_tokens, c.reasoning_output_tokens)
-        assert _cost(model, more_out, tier) >= total
-        if thr is None or c.input_tokens + 1 < thr:
-            more_in = TokenCounts(c.input_tokens + 1, c.output_tokens,
-                                  c.cache_read_input_tokens, c.cache_creation_input_tokens,
-                                  c.reasoning_output_tokens)
-            assert _cost(model, more_in, tier) >= total
-    # a cached read never costs more than the same token uncached
-    if c.cache_read_input_tokens:
-        uncached = TokenCounts(c.input_tokens, c.output_tokens, 0,
-                               c.cache_creation_input_tokens, c.reasoning_output_tokens)
-        assert total <= _cost(model, uncached, tier)
-    # cache_hit costs zero and saves exactly the would-be cost
+def test_every_token_is_priced_by_exactly_one_rate(call) -> None:
+    v, c, tier = call
+    try:
+        lines = price_lines(c, v, tier)
+    except PricingError as exc:
+        # refused only for a line the version does not price
+        assert exc.reason_code == "unpriced"
+        assert (c.cache_read_input_tokens or c.cache_creation_1h_input_tokens)
+        return
+    names = [ln.name for ln in lines]
+    assert len(names) == len(set(names))  # one rate per line
+    by = {ln.name: ln.tokens for ln in lines}
+    assert by["input"] + by.get("cache_read", 0) + by.get("cache_write_5m", 0) \
+        + by.get("cache_write_1h", 0) == c.input_tokens
+    assert by["output"] + by.get("reasoning", 0) == c.output_tokens
+    for ln in lines:
+        assert ln.cost == ln.tokens * ln.rate.value / D(1_000_000)
+        assert ln.rate.value >= 0 and ln.rate.source
+    m = ModelPrice(model="m", provider="x", versions=[v])
+    priced = cost_lines(c, m, v, currency="USD", service_tier=tier)
+    assert priced.total_cost == sum((ln.cost for ln in lines), D(0))
+    assert (priced.input_cost + priced.cache_read_cost + priced.cache_write_cost
+            + priced.output_cost + priced.reasoning_cost) == priced.total_cost
     hit = cost_lines(c, m, v, currency="USD", service_tier=tier, cache_hit=True)
-    assert hit.total_cost == 0 and hit.saved_cost == total
+    assert hit.total_cost == 0 and hit.saved_cost == priced.total_cost
 
 
 def test_catalog_cached_read_never_above_input() -> None:
