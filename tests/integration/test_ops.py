@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import from_litellm
+from pipeline.litellm_prices import from_litellm
 from pipeline.ops import OpContext, dlq_list, dlq_replay, export_focus, report, reprice
 from pipeline.report import html_report
 from pipeline.settings import load_settings

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from pipeline.broker import EmbeddedBroker
-from pipeline.catalog import from_litellm
+from pipeline.litellm_prices import from_litellm
 from pipeline.settings import load_settings
 from tests.conftest import free_port, subprocess_env
 from tests.helpers import NOW, ApiWorker, produce
