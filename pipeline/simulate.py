@@ -78,7 +78,9 @@ class Simulator:
             event["reasoning_output_tokens"] = rng.randint(0, output_tokens)
         if rng.random() < self.cache_hit_share:
             event["cache_hit"] = True
-        if rng.random() < 0.03:
+        # batch only where the provider sells it (the meter refuses a tier it cannot price)
+        if rng.random() < 0.03 and (provider in ("openai", "anthropic")
+                                    or model == "gemini-2.5-pro"):
             event["service_tier"] = "batch"
         return event
 
