@@ -89,7 +89,7 @@ def test_aliases(provider: str, alias: str, model: str) -> None:
     "provider, name",
     [
         ("openai", "gpt-4o-2099-01-01"),  # an unknown snapshot is not guessed
-        ("openai", "gpt-3.5-turbo-0613"),  # nor priced as -0125
+        ("openai", "gpt-3.5-turbo-0301"),  # nor priced as -0125
         ("openai", "gpt-4o-preview"),
         ("together", "deepseek-ai/DeepSeek-R1-0000"),
         ("deepseek", "together_ai/deepseek-reasoner"),  # Together is not DeepSeek's API
@@ -101,6 +101,47 @@ def test_aliases(provider: str, alias: str, model: str) -> None:
 )
 def test_never_another_providers_rate(provider: str, name: str) -> None:
     assert CAT.resolve(name, provider) is None
+
+
+@pytest.mark.parametrize(
+    "name, inp, out",
+    [("gpt-3.5-turbo-0613", "1.50", "2.00"), ("gpt-3.5-turbo-1106", "1.00", "2.00"),
+     ("gpt-3.5-turbo-0125", "0.50", "1.50"), ("gpt-4o-2024-08-06", "2.50", "10.00")],
+)
+def test_known_snapshots_priced_as_themselves(name: str, inp: str, out: str) -> None:
+    m, v = CAT.price_version(name, NOW, "openai")
+    assert (v.input, v.output) == (D(inp), D(out))
+
+
+@pytest.mark.parametrize(
+    "name, provider, other",
+    [
+        ("deepseek-ai/DeepSeek-R1", "together", ("deepseek-reasoner", "deepseek")),
+        ("together_ai/deepseek-ai/DeepSeek-R1", "openai", ("deepseek-reasoner", "deepseek")),
+        ("meta.llama3-3-70b-instruct-v1:0", "aws.bedrock", ("llama-3.3-70b-versatile", "groq")),
+        ("gpt-4o-2024-08-06", "azure", ("gpt-4o-2024-08-06", "openai")),
+        ("claude-sonnet-4@20250514", "vertex_ai", ("claude-sonnet-4-20250514", "anthropic")),
+    ],
+)
+def test_same_model_at_another_provider_has_its_own_entry(name, provider, other) -> None:
+    here = CAT.resolve(name, provider)
+    there = CAT.resolve(*other)
+    assert here is not None and there is not None and here is not there
+    assert here.provider != there.provider
+
+
+def test_every_version_names_its_source_and_when_it_was_checked() -> None:
+    for m in CAT.models:
+        for v in m.versions:
+            assert v.source.startswith("https://"), (m.provider, m.model, v.version)
+            assert v.checked.startswith("2026-12-02 via search tool"), (m.model, v.version)
+
+
+def test_gemini_cache_price_change_is_effective_dated() -> None:
+    rates = [(CAT.price_version("gemini-2.5-pro", datetime(*d, tzinfo=timezone.utc),
+                                "google")[1].cache_read) for d in ((2025, 9, 1), (2025, 10, 15),
+                                                                   (2025, 11, 1))]
+    assert rates == [D("0.31"), None, D("0.125")]  # the window with no known date refuses
 
 
 def test_without_provider_a_name_means_its_publishers_api() -> None:

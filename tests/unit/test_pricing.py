@@ -156,9 +156,38 @@ def catalog_cost(model: str, provider: str | None = None, at: datetime = AT,
     ("o3", "openai", datetime(2025, 5, 1, tzinfo=UTC), "standard", dict(o=1_000_000, r=600_000),
      D("40.00")),  # before the June 2025 cut; reasoning billed as output
     ("o3", "openai", AT, "flex", dict(i=1_000_000, o=1_000_000), D("5.00")),
+    # Gemini batch halves input and output but lists the standard cache price
+    ("gemini-2.5-pro", "google", datetime(2025, 11, 15, tzinfo=UTC), "batch",
+     dict(i=100_000, cr=50_000, o=10_000), D("0.0875")),  # .03125 + .00625 + .05
+    ("gemini-2.5-pro", "google", datetime(2025, 11, 15, tzinfo=UTC), "batch",
+     dict(i=300_000, cr=100_000, o=10_000), D("0.35")),  # .25 + .025 + .075 (long context)
+    ("gemini-2.5-pro", "google", datetime(2025, 9, 1, tzinfo=UTC), "standard",
+     dict(i=100_000, cr=50_000), D("0.078")),  # .0625 + .0155 (the earlier cache price)
+    ("gemini-2.5-flash", "gemini", datetime(2025, 11, 15, tzinfo=UTC), "standard",
+     dict(i=1_000_000, cr=1_000_000), D("0.03")),
+    ("deepseek-ai/DeepSeek-R1", "together", AT, "standard", dict(i=1_000_000, o=1_000_000),
+     D("10.00")),
+    ("deepseek-reasoner", "deepseek", AT, "standard", dict(i=1_000_000, o=1_000_000),
+     D("0.70")),
+    ("gpt-3.5-turbo-0613", "openai", AT, "standard", dict(i=1_000_000, o=1_000_000),
+     D("3.50")),
 ])
 def test_catalog_table(model, provider, at, tier, counts, expected) -> None:
     assert catalog_cost(model, provider, at, tier, **counts) == expected
+
+
+@pytest.mark.parametrize(("model", "provider", "at", "tier", "counts"), [
+    # OpenAI's batch tables list no cached-input price for gpt-4o
+    ("gpt-4o", "openai", AT, "batch", dict(i=1000, cr=500)),
+    # Gemini's cache price changed on an unknown day of October 2025
+    ("gemini-2.5-pro", "google", datetime(2025, 10, 15, tzinfo=UTC), "standard",
+     dict(i=1000, cr=500)),
+    ("llama-3-70b", "groq", AT, "batch", dict(i=1000)),  # Groq lists no batch price
+])
+def test_catalog_refuses_what_it_does_not_list(model, provider, at, tier, counts) -> None:
+    with pytest.raises(PricingError) as info:
+        catalog_cost(model, provider, at, tier, **counts)
+    assert info.value.reason_code == "unpriced"
 
 
 # -- properties over random calls ---------------------------------------------------------
