@@ -49,6 +49,8 @@ def register_views(app: Any, runtime: Any) -> None:
                 f"tokenmeter_events_total {m.events}",
                 "# TYPE tokenmeter_duplicate_events_total counter",
                 f"tokenmeter_duplicate_events_total {m.duplicates}",
+                "# TYPE tokenmeter_moved_events_total counter",
+                f"tokenmeter_moved_events_total {m.moved}",
                 "# TYPE tokenmeter_late_events_total counter",
                 f"tokenmeter_late_events_total {m.late}",
                 "# TYPE tokenmeter_sink_rows_total counter",

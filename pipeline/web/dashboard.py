@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,7 @@ def register_dashboard(app: Any, runtime: Any) -> None:
     @app.page("/api/dashboard/overview")
     class Overview(View):
         async def get(self, request: Request) -> Response:
-            now = datetime.now(timezone.utc)
+            now = runtime.clock()
 
             def read() -> dict[str, Any]:
                 data = reads.overview(store, now)
@@ -113,7 +113,7 @@ def register_dashboard(app: Any, runtime: Any) -> None:
     @app.page("/api/dashboard/budgets")
     class BudgetList(View):
         async def get(self, request: Request) -> Response:
-            now = datetime.now(timezone.utc)
+            now = runtime.clock()
             tenant = request.query.get("tenant_id")
             items = await asyncio.to_thread(budget_views, sorted_budgets(tenant), now, False,
                                             tenant)
@@ -122,7 +122,7 @@ def register_dashboard(app: Any, runtime: Any) -> None:
     @app.page("/api/dashboard/tenants/{tenant_id}")
     class Tenant(View):
         async def get(self, request: Request, tenant_id: str) -> Response:
-            now = datetime.now(timezone.utc)
+            now = runtime.clock()
             budgets = sorted_budgets(tenant_id)
 
             def read() -> dict[str, Any]:
