@@ -63,7 +63,13 @@ class ServiceTier(StrEnum):
 
 
 class UsageEvent(BaseModel):
-    """One LLM call, as a producer reports it."""
+    """One LLM call, as a producer reports it.
+
+    ``cache_creation_input_tokens`` counts every cache write; ``cache_creation_1h_input_tokens``
+    is the part of them written with a one-hour TTL (the rest are 5-minute writes). Other
+    shapes (Anthropic's ``cache_creation`` object, OTel names) are mapped onto these two by
+    pipeline/validate.py.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
@@ -82,6 +88,7 @@ class UsageEvent(BaseModel):
     input_tokens: Tokens | None = None
     cache_read_input_tokens: Tokens = 0
     cache_creation_input_tokens: Tokens = 0
+    cache_creation_1h_input_tokens: Tokens = 0
     output_tokens: Tokens | None = None
     reasoning_output_tokens: Tokens = 0
     input_text: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | None = None
@@ -91,6 +98,27 @@ class UsageEvent(BaseModel):
     user_tier: OptId = None
     service_tier: ServiceTier = ServiceTier.standard
     cache_hit: bool = False
+
+
+LEGACY_TTL_ATTRIBUTE = "cache_ttl"
+
+
+def cache_writes_1h(cache_creation_input_tokens: int, cache_creation_1h_input_tokens: int,
+                    attributes: dict[str, str], *, lists_1h_price: bool) -> int:
+    """The one-hour cache writes to price: the explicit count, else the legacy attribute's.
+
+    Legacy: before the explicit count existed, ``attributes.cache_ttl == "1h"`` meant every
+    write of the call was a one-hour write, where the price version lists a one-hour write
+    price (``lists_1h_price``; elsewhere the attribute changed nothing, and still does not).
+    Validation refuses the attribute together with an explicit split without one-hour
+    writes, so a 0 here with the attribute set always means "no split given": the meter and
+    reprice (over rows stored before the column existed, which read 0) reach the same count.
+    """
+    if cache_creation_1h_input_tokens:
+        return cache_creation_1h_input_tokens
+    if lists_1h_price and attributes.get(LEGACY_TTL_ATTRIBUTE) == "1h":
+        return cache_creation_input_tokens
+    return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +158,7 @@ class PricedUsage:
     attributes: dict[str, str] = field(default_factory=dict)
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
     reasoning_output_tokens: int = 0
     task_type: str | None = None
     criticality: Criticality = Criticality.normal

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pipeline.catalog import Catalog
 from pipeline.errors import ValidationFailed
-from pipeline.events import DeadLetter, PricedUsage, UsageEvent
+from pipeline.events import DeadLetter, PricedUsage, UsageEvent, cache_writes_1h
 from pipeline.pricing import TokenCounts, cost_lines
 from pipeline.scoring import ValuePolicy, score
 from pipeline.tokens import TokenCounter
@@ -63,12 +63,24 @@ class Meter:
                 f"reasoning_output_tokens ({event.reasoning_output_tokens}) exceed the "
                 f"{output_tokens} output tokens counted from output_text; send output_tokens",
             )
+        writes = event.cache_creation_input_tokens
+        # legacy attributes.cache_ttl resolved here and stored resolved: the ledger says what
+        # was priced, and reprice (same function) agrees for rows stored before the column
+        writes_1h = cache_writes_1h(writes, event.cache_creation_1h_input_tokens,
+                                    event.attributes,
+                                    lists_1h_price=version.cache_write_1h is not None)
+        if writes_1h > writes:
+            raise ValidationFailed(
+                "inconsistent_counts",
+                f"cache_creation_1h_input_tokens ({writes_1h}) exceed "
+                f"cache_creation_input_tokens ({writes}); the latter counts every write")
         counts = TokenCounts(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cache_read_input_tokens=event.cache_read_input_tokens,
-            cache_creation_input_tokens=event.cache_creation_input_tokens,
+            cache_creation_input_tokens=writes,
             reasoning_output_tokens=event.reasoning_output_tokens,
+            cache_creation_1h_input_tokens=writes_1h,
         )
         lines = cost_lines(
             counts,
@@ -91,7 +103,7 @@ class Meter:
             output_tokens=output_tokens, project_id=event.project_id, user_id=event.user_id,
             feature=event.feature, trace_id=event.trace_id, attributes=event.attributes,
             cache_read_input_tokens=event.cache_read_input_tokens,
-            cache_creation_input_tokens=event.cache_creation_input_tokens,
+            cache_creation_input_tokens=writes, cache_creation_1h_input_tokens=writes_1h,
             reasoning_output_tokens=event.reasoning_output_tokens, task_type=event.task_type,
             criticality=event.criticality, user_tier=event.user_tier,
             service_tier=event.service_tier, cache_hit=event.cache_hit, token_source=source,

@@ -11,14 +11,25 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline.errors import ValidationFailed
-from pipeline.events import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES, UsageEvent
+from pipeline.events import (
+    LEGACY_TTL_ATTRIBUTE,
+    MAX_BATCH_EVENTS,
+    MAX_MESSAGE_BYTES,
+    MAX_TOKENS,
+    UsageEvent,
+)
 
-# OpenTelemetry GenAI semantic-convention names accepted in place of ours.
+# OpenTelemetry GenAI semantic-convention names accepted in place of ours. The conventions
+# define no split of cache writes by lifetime (only gen_ai.usage.cache_creation.input_tokens);
+# the two ephemeral_* names are what several instrumentations emit for Anthropic's split
+# (not standardised): accepted because they exist, with Anthropic's meaning.
 OTEL_ALIASES: dict[str, str] = {
     "gen_ai.usage.input_tokens": "input_tokens",
     "gen_ai.usage.output_tokens": "output_tokens",
     "gen_ai.usage.cache_read.input_tokens": "cache_read_input_tokens",
     "gen_ai.usage.cache_creation.input_tokens": "cache_creation_input_tokens",
+    "gen_ai.usage.cache_creation.ephemeral_5m_input_tokens": "cache_creation_5m_input_tokens",
+    "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens": "cache_creation_1h_input_tokens",
     "gen_ai.usage.reasoning.output_tokens": "reasoning_output_tokens",
     "gen_ai.request.model": "model",
     "gen_ai.provider.name": "provider",
@@ -30,11 +41,18 @@ TOKEN_FIELDS = frozenset(
         "input_tokens",
         "cache_read_input_tokens",
         "cache_creation_input_tokens",
+        "cache_creation_1h_input_tokens",
         "output_tokens",
         "reasoning_output_tokens",
     }
 )
 TEXT_FIELDS = ("input_text", "output_text")
+# Anthropic's usage.cache_creation object: lifetime -> its count of writes
+ANTHROPIC_SPLIT = {"ephemeral_5m_input_tokens": "5-minute",
+                   "ephemeral_1h_input_tokens": "1-hour"}
+# input-only names of the split; they are mapped onto cache_creation_input_tokens (all writes)
+# and cache_creation_1h_input_tokens (the 1-hour part) and never stored
+SPLIT_INPUTS = ("cache_creation", "cache_creation_5m_input_tokens")
 EARLIEST_EVENT = datetime(2020, 1, 1, tzinfo=timezone.utc)
 MAX_FUTURE_SKEW = timedelta(days=1)
 
@@ -112,6 +130,77 @@ def _apply_aliases(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _split_count(value: Any, where: str) -> int | None:
+    """A token count of the cache-write split (None when absent), checked as pydantic would."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationFailed("schema", f"{where}: a whole number of tokens expected, got "
+                               f"{_kind(value)}")
+    if value < 0:
+        raise ValidationFailed("negative_tokens", f"{where}: {value} is negative")
+    if value > MAX_TOKENS:
+        raise ValidationFailed("too_large", f"{where}: {value} exceeds {MAX_TOKENS}")
+    return value
+
+
+def _inconsistent(what: str, a: int, b: int, fix: str) -> ValidationFailed:
+    return ValidationFailed("inconsistent_counts", f"{what}: {a} vs {b}; {fix}")
+
+
+def cache_write_split(obj: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's ``cache_creation`` object and ``cache_creation_5m_input_tokens`` mapped
+    onto ``cache_creation_input_tokens`` (all writes) and ``cache_creation_1h_input_tokens``.
+
+    All writes = 5-minute + 1-hour writes when ``cache_creation_input_tokens`` is absent;
+    when present it must equal that sum. A lifetime given twice (nested and flat) must agree.
+    """
+    if not any(k in obj for k in SPLIT_INPUTS):
+        return obj
+    out = dict(obj)
+    nested = out.pop("cache_creation", None)
+    five = _split_count(out.pop("cache_creation_5m_input_tokens", None),
+                        "cache_creation_5m_input_tokens")
+    one = _split_count(out.get("cache_creation_1h_input_tokens"),
+                       "cache_creation_1h_input_tokens")
+    if nested is not None:
+        if not isinstance(nested, dict):
+            raise ValidationFailed("schema", "cache_creation: an object of ephemeral_5m_input_"
+                                   f"tokens / ephemeral_1h_input_tokens expected, got "
+                                   f"{_kind(nested)}")
+        unknown = sorted(set(nested) - set(ANTHROPIC_SPLIT))
+        if unknown:
+            # a lifetime we cannot price must not vanish from the bill: refuse it
+            raise ValidationFailed(
+                "schema", f"cache_creation.{unknown[0][:64]} is not a cache lifetime tokenmeter "
+                "prices (known: ephemeral_5m_input_tokens, ephemeral_1h_input_tokens)")
+        n5 = _split_count(nested.get("ephemeral_5m_input_tokens"),
+                          "cache_creation.ephemeral_5m_input_tokens")
+        n1 = _split_count(nested.get("ephemeral_1h_input_tokens"),
+                          "cache_creation.ephemeral_1h_input_tokens")
+        for mine, theirs, name in ((five, n5, "5m"), (one, n1, "1h")):
+            if mine is not None and theirs is not None and mine != theirs:
+                raise _inconsistent(f"cache_creation_{name}_input_tokens and cache_creation."
+                                    f"ephemeral_{name}_input_tokens differ", mine, theirs,
+                                    "send the split once")
+        five = five if five is not None else n5
+        one = one if one is not None else n1
+    if one is not None:
+        out["cache_creation_1h_input_tokens"] = one
+    if five is None and one is None:
+        return out
+    split_total = (five or 0) + (one or 0)
+    total = _split_count(out.get("cache_creation_input_tokens"), "cache_creation_input_tokens")
+    if total is None:
+        out["cache_creation_input_tokens"] = split_total
+    elif five is not None and total != split_total:
+        raise _inconsistent(
+            f"cache_creation_input_tokens is not the 5-minute ({five}) plus the 1-hour "
+            f"({one or 0}) cache writes", total, split_total,
+            "cache_creation_input_tokens counts every write (or leave it out)")
+    return out
+
+
 def _reason_for(err: ValidationError) -> ValidationFailed:
     first = err.errors(include_url=False)[0]
     loc = first["loc"]
@@ -135,6 +224,8 @@ def validate_event(obj: Any, *, now: datetime) -> UsageEvent:
     if not isinstance(obj, dict):
         raise ValidationFailed("schema", f"a usage event must be a JSON object, got {_kind(obj)}")
     obj = _apply_aliases(obj)
+    explicit_split = "cache_creation_1h_input_tokens" in obj or any(k in obj for k in SPLIT_INPUTS)
+    obj = cache_write_split(obj)
     ts = obj.get("timestamp")
     if ts is not None and not isinstance(ts, str):
         raise ValidationFailed("invalid_timestamp", "timestamp must be an RFC 3339 string")
@@ -162,6 +253,19 @@ def validate_event(obj: Any, *, now: datetime) -> UsageEvent:
                 f"cache read + cache write ({cached}) exceed input_tokens "
                 f"({event.input_tokens}); input_tokens includes cached tokens",
             )
+    if event.cache_creation_1h_input_tokens > event.cache_creation_input_tokens:
+        raise ValidationFailed(
+            "inconsistent_counts",
+            f"cache_creation_1h_input_tokens ({event.cache_creation_1h_input_tokens}) exceed "
+            f"cache_creation_input_tokens ({event.cache_creation_input_tokens}); the latter "
+            "counts every cache write, 5-minute and 1-hour")
+    if (explicit_split and event.attributes.get(LEGACY_TTL_ATTRIBUTE) == "1h"
+            and event.cache_creation_input_tokens and not event.cache_creation_1h_input_tokens):
+        # the ledger could not tell this from "no split given" (legacy: all writes 1-hour)
+        raise ValidationFailed(
+            "inconsistent_counts",
+            "attributes.cache_ttl is 1h (legacy: every write is a 1-hour write) but the explicit "
+            "split has no 1-hour writes; drop the cache_ttl attribute")
     if event.output_tokens is not None and event.reasoning_output_tokens > event.output_tokens:
         raise ValidationFailed(
             "inconsistent_counts",

@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.catalog import Catalog
 from pipeline.errors import PricingError
+from pipeline.events import cache_writes_1h
 from pipeline.pricing import TokenCounts, cost_lines
 from pipeline.store.client import Store
 from pipeline.store.sink import USAGE_COLUMNS
@@ -120,11 +121,16 @@ def _reprice_rows(rows: Any, catalog: Catalog, now: datetime,
         except PricingError:
             unpriced += 1
             continue
+        writes = row[index["cache_creation_input_tokens"]]
         lines = cost_lines(
             TokenCounts(row[index["input_tokens"]], row[index["output_tokens"]],
-                        row[index["cache_read_input_tokens"]],
-                        row[index["cache_creation_input_tokens"]],
-                        row[index["reasoning_output_tokens"]]),
+                        row[index["cache_read_input_tokens"]], writes,
+                        row[index["reasoning_output_tokens"]],
+                        # rows stored before 007 read 0: the legacy attribute decides, as
+                        # it did in the meter
+                        cache_writes_1h(writes, row[index["cache_creation_1h_input_tokens"]],
+                                        row[index["attributes"]],
+                                        lists_1h_price=version.cache_write_1h is not None)),
             model, version, currency=catalog.currency,
             service_tier=row[index["service_tier"]], cache_hit=bool(row[index["cache_hit"]]))
         old_total = row[index["total_cost"]]

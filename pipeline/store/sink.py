@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 USAGE_COLUMNS = (
     "event_id", "timestamp", "tenant_id", "project_id", "user_id", "feature", "trace_id",
     "attributes", "provider", "model", "priced_model", "input_tokens",
-    "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens",
-    "reasoning_output_tokens", "task_type", "criticality", "user_tier", "service_tier",
-    "cache_hit", "token_source", "input_cost", "cache_read_cost", "cache_write_cost",
-    "output_cost", "reasoning_cost", "total_cost", "saved_cost", "currency", "price_version",
-    "value_weight", "value_units", "value_tier", "late", "source_partition", "source_offset",
-    "ingested_at",
+    "cache_read_input_tokens", "cache_creation_input_tokens", "cache_creation_1h_input_tokens",
+    "output_tokens", "reasoning_output_tokens", "task_type", "criticality", "user_tier",
+    "service_tier", "cache_hit", "token_source", "input_cost", "cache_read_cost",
+    "cache_write_cost", "output_cost", "reasoning_cost", "total_cost", "saved_cost", "currency",
+    "price_version", "value_weight", "value_units", "value_tier", "late", "source_partition",
+    "source_offset", "ingested_at",
 )
 BREACH_COLUMNS = (
     "breach_id", "budget_id", "tenant_id", "kind", "threshold_pct", "spent", "limit",
@@ -122,11 +122,12 @@ def usage_row(p: PricedUsage, *, late: bool, partition: int, offset: int,
         p.event_id, p.timestamp, p.tenant_id, p.project_id or "", p.user_id or "",
         p.feature or "", p.trace_id or "", p.attributes, p.provider, p.model, p.priced_model,
         p.input_tokens, p.cache_read_input_tokens, p.cache_creation_input_tokens,
-        p.output_tokens, p.reasoning_output_tokens, p.task_type or "", p.criticality.value,
-        p.user_tier or "", p.service_tier.value, p.cache_hit, p.token_source, p.input_cost,
-        p.cache_read_cost, p.cache_write_cost, p.output_cost, p.reasoning_cost, p.total_cost,
-        p.saved_cost, p.currency, p.price_version, p.value_weight, p.value_units, p.value_tier,
-        late, partition, offset, ingested_at,
+        p.cache_creation_1h_input_tokens, p.output_tokens, p.reasoning_output_tokens,
+        p.task_type or "", p.criticality.value, p.user_tier or "", p.service_tier.value,
+        p.cache_hit, p.token_source, p.input_cost, p.cache_read_cost, p.cache_write_cost,
+        p.output_cost, p.reasoning_cost, p.total_cost, p.saved_cost, p.currency,
+        p.price_version, p.value_weight, p.value_units, p.value_tier, late, partition, offset,
+        ingested_at,
     ]
 
 

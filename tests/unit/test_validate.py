@@ -128,3 +128,113 @@ def test_safe_raw_removes_text_and_caps() -> None:
     assert len(big) < 1100 and "truncated" in big
     assert "\x00" not in safe_raw(None, b"a\x00b")
     assert "secret" not in safe_raw(None, b'{"input_text": "secret", broken')
+
+
+# --- cache writes by lifetime (issue #16): (cache_creation_input_tokens, ..._1h_...) ---
+SPLIT_BASE: dict[str, Any] = {**BASE, "provider": "anthropic", "model": "claude-sonnet-4-5"}
+
+
+def split(**changes: Any) -> dict[str, Any]:
+    return {**SPLIT_BASE, **changes}
+
+
+def anthropic(five: int | None = None, one: int | None = None) -> dict[str, int]:
+    out = {}
+    if five is not None:
+        out["ephemeral_5m_input_tokens"] = five
+    if one is not None:
+        out["ephemeral_1h_input_tokens"] = one
+    return out
+
+
+@pytest.mark.parametrize(
+    "obj, expected",
+    [
+        (split(), (0, 0)),
+        (split(cache_creation_input_tokens=50), (50, 0)),
+        (split(cache_creation_input_tokens=50, cache_creation_1h_input_tokens=20), (50, 20)),
+        (split(cache_creation_input_tokens=20, cache_creation_1h_input_tokens=20), (20, 20)),
+        # Anthropic's usage.cache_creation: all writes = 5m + 1h when no total is given
+        (split(cache_creation=anthropic(30, 20)), (50, 20)),
+        (split(cache_creation=anthropic(30, 20), cache_creation_input_tokens=50), (50, 20)),
+        (split(cache_creation=anthropic(0, 0), cache_creation_input_tokens=0), (0, 0)),
+        (split(cache_creation=anthropic(one=20)), (20, 20)),
+        # only the 1-hour part given: the rest of the total are 5-minute writes
+        (split(cache_creation=anthropic(one=20), cache_creation_input_tokens=50), (50, 20)),
+        (split(cache_creation={}), (0, 0)),
+        (split(cache_creation=None, cache_creation_input_tokens=5), (5, 0)),
+        # the explicit 5-minute count: total = 5m + 1h
+        (split(cache_creation_5m_input_tokens=30, cache_creation_1h_input_tokens=20), (50, 20)),
+        (split(cache_creation_5m_input_tokens=30), (30, 0)),
+        (split(cache_creation_5m_input_tokens=30, cache_creation_input_tokens=30), (30, 0)),
+        # the same lifetime given flat and nested, agreeing
+        (split(cache_creation=anthropic(30, 20), cache_creation_1h_input_tokens=20,
+               cache_creation_5m_input_tokens=30), (50, 20)),
+        # OTel names (the ephemeral_* ones are not standard, see validate.OTEL_ALIASES)
+        (split(**{"gen_ai.usage.cache_creation.input_tokens": 50,
+                  "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens": 20}), (50, 20)),
+        (split(**{"gen_ai.usage.cache_creation.ephemeral_5m_input_tokens": 30,
+                  "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens": 20}), (50, 20)),
+        # legacy attribute without a split: validated as sent, resolved by the meter
+        (split(cache_creation_input_tokens=50, attributes={"cache_ttl": "1h"}), (50, 0)),
+        (split(cache_creation_input_tokens=50, cache_creation_1h_input_tokens=50,
+               attributes={"cache_ttl": "1h"}), (50, 50)),
+    ],
+)
+def test_cache_write_shapes_accepted(obj: dict[str, Any], expected: tuple[int, int]) -> None:
+    e = validate_event(obj, now=NOW)
+    assert (e.cache_creation_input_tokens, e.cache_creation_1h_input_tokens) == expected
+
+
+@pytest.mark.parametrize(
+    "obj, code",
+    [
+        (split(cache_creation_input_tokens=50, cache_creation_1h_input_tokens=51),
+         "inconsistent_counts"),
+        (split(cache_creation_1h_input_tokens=20), "inconsistent_counts"),  # total 0 < 20
+        (split(cache_creation=anthropic(30, 20), cache_creation_input_tokens=40),
+         "inconsistent_counts"),
+        (split(cache_creation=anthropic(30, 20), cache_creation_input_tokens=60),
+         "inconsistent_counts"),
+        (split(cache_creation=anthropic(one=60), cache_creation_input_tokens=50),
+         "inconsistent_counts"),
+        (split(cache_creation_5m_input_tokens=30, cache_creation_input_tokens=40),
+         "inconsistent_counts"),
+        (split(cache_creation=anthropic(one=20), cache_creation_1h_input_tokens=25),
+         "inconsistent_counts"),
+        (split(cache_creation=anthropic(five=30), cache_creation_5m_input_tokens=31),
+         "inconsistent_counts"),
+        (split(**{"gen_ai.usage.cache_creation.input_tokens": 40,
+                  "gen_ai.usage.cache_creation.ephemeral_5m_input_tokens": 30,
+                  "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens": 20}),
+         "inconsistent_counts"),
+        # the split is inside input_tokens like every cached token
+        (split(cache_creation=anthropic(80, 30)), "inconsistent_counts"),
+        # legacy "all 1-hour" contradicted by an explicit split without 1-hour writes
+        (split(cache_creation_5m_input_tokens=30, attributes={"cache_ttl": "1h"}),
+         "inconsistent_counts"),
+        (split(cache_creation=anthropic(30, 0), attributes={"cache_ttl": "1h"}),
+         "inconsistent_counts"),
+        (split(cache_creation_input_tokens=30, cache_creation_1h_input_tokens=0,
+               attributes={"cache_ttl": "1h"}), "inconsistent_counts"),
+        # a lifetime tokenmeter cannot price must not vanish from the bill
+        (split(cache_creation={"ephemeral_30m_input_tokens": 5}), "schema"),
+        (split(cache_creation=5), "schema"),
+        (split(cache_creation=[5]), "schema"),
+        (split(cache_creation=anthropic(one="20")), "schema"),
+        (split(cache_creation=anthropic(one=True)), "schema"),
+        (split(cache_creation_5m_input_tokens=1.5), "schema"),
+        (split(cache_creation_1h_input_tokens="3"), "schema"),
+        (split(cache_creation=anthropic(one=-1)), "negative_tokens"),
+        (split(cache_creation_5m_input_tokens=-1), "negative_tokens"),
+        (split(cache_creation_1h_input_tokens=-1, cache_creation_input_tokens=5),
+         "negative_tokens"),
+        (split(cache_creation=anthropic(five=10**12)), "too_large"),
+        (split(cache_creation_1h_input_tokens=10**12), "too_large"),
+    ],
+)
+def test_cache_write_shapes_refused(obj: dict[str, Any], code: str) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        validate_event(obj, now=NOW)
+    assert info.value.reason_code == code
+    assert info.value.detail
