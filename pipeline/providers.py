@@ -24,6 +24,18 @@ _ALIASES: dict[str, str] = {
     "groq": "groq",
     "deepseek": "deepseek",
     "mistral": "mistral", "mistral_ai": "mistral", "mistralai": "mistral",
+    # LiteLLM's litellm_provider spellings: Vertex AI's per-publisher routes, Azure's
+    # text-completion route (all billed by Vertex AI / Azure themselves)
+    "vertex_ai-language-models": "vertex_ai", "vertex_ai-anthropic_models": "vertex_ai",
+    "vertex_ai-mistral_models": "vertex_ai", "vertex_ai-llama_models": "vertex_ai",
+    "vertex_ai-ai21_models": "vertex_ai", "vertex_ai-deepseek_models": "vertex_ai",
+    "vertex_ai-qwen_models": "vertex_ai", "vertex_ai-zai_models": "vertex_ai",
+    "vertex_ai-openai_models": "vertex_ai", "vertex_ai-minimax_models": "vertex_ai",
+    "vertex_ai-moonshot_models": "vertex_ai", "vertex_ai-text-models": "vertex_ai",
+    "vertex_ai-embedding-models": "vertex_ai", "vertex_ai-video-models": "vertex_ai",
+    "vertex_ai-chat-models": "vertex_ai", "vertex_ai-code-chat-models": "vertex_ai",
+    "vertex_ai-code-text-models": "vertex_ai", "vertex_ai-image-models": "vertex_ai",
+    "azure_text": "azure",
 }
 # "vertex_ai/claude-..." style prefixes may carry a sub-route LiteLLM adds; ids of those
 _ROUTES = ("vertex_ai-anthropic_models", "vertex_ai-language-models")

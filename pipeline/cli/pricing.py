@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.catalog import Catalog, ModelPrice, load_catalog_with_overlays
 from pipeline.errors import ConfigError, ValidationFailed
 from pipeline.events import COST_ADAPTER, priced_json
-from pipeline.litellm_prices import from_litellm
+from pipeline.litellm_prices import ImportReport, import_litellm
 from pipeline.meter import Meter
 from pipeline.pricing import TokenCounts, cost_lines
 from pipeline.settings import Settings
@@ -137,12 +137,39 @@ def _import(args: argparse.Namespace, catalog: Catalog, overlay_dir: Path) -> in
     if not isinstance(data, dict):
         raise ConfigError("a LiteLLM price map is a JSON object of model -> prices")
     version = f"import-{effective.date().isoformat()}"
-    imported = from_litellm(data, effective, version, source=str(Path(args.arg).name))
+    result = import_litellm(data, effective, version, source=str(Path(args.arg).name))
+    imported = result.catalog
     overlay_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     target = overlay_dir / f"{stamp}-{version}.json"
     target.write_text(imported.model_dump_json(indent=1), "utf-8")
-    known = sum(1 for m in imported.models if catalog.resolve(m.model) is not None)
+    known = sum(1 for m in imported.models if catalog.resolve(m.model, m.provider) is not None)
+    if args.json:
+        print(json.dumps({"version": version, "target": str(target), "updated": known,
+                          "new": len(imported.models) - known, **result.report.as_json()}))
+        return 0
     print(f"imported {len(imported.models)} models as version {version} "
           f"({known} update existing models, {len(imported.models) - known} new) -> {target}")
+    _print_report(result.report)
     return 0
+
+
+def _print_report(report: ImportReport) -> None:
+    """What the import left out, counted by reason (``--json`` prints every key)."""
+    counts = report.counts()
+    if counts:
+        print("not imported (keys) or not representable (fields), by reason:")
+        for reason, n in counts.items():
+            print(f"  {n:>6}  {reason}")
+    if report.conflicts:
+        differ = sum(1 for c in report.conflicts if not c["same_prices"])
+        print(f"  {len(report.conflicts):>6}  same-date conflicts resolved ({differ} with "
+              "different prices; the exact key wins, then the first key in name order)")
+    unknown = sum(len(keys) for keys in report.unknown_providers.values())
+    if unknown:
+        print(f"  {unknown:>6}  models of {len(report.unknown_providers)} providers tokenmeter "
+              "does not know (kept under LiteLLM's provider name)")
+    if report.shadowed:
+        print(f"  {len(report.shadowed):>6}  model ids that start with another provider's name "
+              "(send them with their provider prefix)")
+    print("details: tokenmeter prices import FILE --effective-from DATE --json")

@@ -156,7 +156,10 @@ def test_litellm_import_adds_a_version(tmp_path: Path) -> None:
         "gpt-4o": {"input_cost_per_token": 2.0e-06, "output_cost_per_token": 8.0e-06,
                    "cache_read_input_token_cost": 1.0e-06, "litellm_provider": "openai",
                    "input_cost_per_token_batches": 1.0e-06,
-                   "output_cost_per_token_batches": 4.0e-06},
+                   "output_cost_per_token_batches": 4.0e-06,
+                   "cache_read_input_token_cost_batches": 5.0e-07},
+        "azure/gpt-4o": {"input_cost_per_token": 9e-06, "output_cost_per_token": 9e-06,
+                         "litellm_provider": "azure"},
         "brand-new-model": {"input_cost_per_token": 1.5e-07, "output_cost_per_token": 6e-07,
                             "litellm_provider": "newco"},
         "embedding-only": {"input_cost_per_token": 1e-07, "mode": "embedding"},
@@ -165,7 +168,8 @@ def test_litellm_import_adds_a_version(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "map.json").read_text(), parse_float=D)
     eff = datetime(2026, 1, 1, tzinfo=timezone.utc)
     imported = from_litellm(data, eff, "import-2026-01-01", "map.json")
-    assert {m.model for m in imported.models} == {"gpt-4o", "brand-new-model"}
+    assert {(m.provider, m.model) for m in imported.models} == {
+        ("openai", "gpt-4o"), ("azure", "gpt-4o"), ("newco", "brand-new-model")}
     merged = merge(CAT, imported)
     before = merged.price_version("gpt-4o", datetime(2025, 12, 31, tzinfo=timezone.utc),
                                   "openai")[1]
@@ -173,16 +177,22 @@ def test_litellm_import_adds_a_version(tmp_path: Path) -> None:
                                  "openai")[1]
     assert before.input == D("2.50") and after.input == D("2.000000")
     assert after.tiers["batch"].output == D("4.000000")
+    assert after.tiers["batch"].cache_read == D("0.5")  # tier cache prices are kept
+    assert merged.price_version("azure/gpt-4o", datetime(2026, 1, 2, tzinfo=timezone.utc),
+                                "azure")[1].input == D("9")
     assert merged.resolve("brand-new-model", "newco") is None  # a provider we do not price
     assert merged.resolve("gpt-4o-mini-2024-07-18", "openai").model == "gpt-4o-mini"
 
 
 def test_overlay_directory(tmp_path: Path) -> None:
-    imported = from_litellm({"newco-1": {"input_cost_per_token": 1e-06,
-                                         "output_cost_per_token": 2e-06,
-                                         "litellm_provider": "together_ai"}},
+    imported = from_litellm({"together_ai/newco/newco-1": {"input_cost_per_token": 1e-06,
+                                                           "output_cost_per_token": 2e-06,
+                                                           "litellm_provider": "together_ai"}},
                             NOW, "v-test", "x")
     (tmp_path / "001.json").write_text(imported.model_dump_json())
     cat = load_catalog_with_overlays(tmp_path)
-    assert cat.resolve("newco-1", "together") is not None
-    assert load_catalog_with_overlays(tmp_path / "missing").resolve("newco-1", "together") is None
+    model = cat.resolve("newco/newco-1", "together")
+    assert model is not None and model is cat.resolve("together_ai/newco/newco-1")
+    assert cat.resolve("newco/newco-1", "openai") is None
+    assert load_catalog_with_overlays(tmp_path / "missing").resolve("newco/newco-1",
+                                                                    "together") is None
