@@ -6,6 +6,12 @@
         meter.record(tenant_id="acme", provider="openai", model="gpt-4o",
                      input_tokens=1200, output_tokens=300, feature="search")
 
+Anthropic reports ``input_tokens`` without the cache reads and writes (ours include them) and
+splits writes by lifetime; ``anthropic_usage`` maps its usage object onto our fields::
+
+    meter.record(tenant_id="acme", provider="anthropic", model=resp.model,
+                 **anthropic_usage(resp.usage))
+
 Events get an ``event_id`` (UUID) and a UTC timestamp, are validated before sending (a bad
 event raises ``ValidationFailed`` at the call site, not in the pipeline), and go out as batch
 envelopes of up to ``batch_size`` events per tenant or after ``linger_ms``.
@@ -27,6 +33,42 @@ from pipeline.catalog import Catalog, load_catalog
 from pipeline.errors import PricingError
 from pipeline.stream.topics import PRODUCER_SIZES
 from pipeline.validate import validate_event
+
+
+def _field(obj: Any, name: str) -> Any:
+    """Attribute or key: the anthropic SDK hands out pydantic objects, raw JSON is dicts."""
+    if obj is None:
+        return None
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _tokens(obj: Any, name: str) -> int:
+    value = _field(obj, name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def anthropic_usage(usage: Any) -> dict[str, int]:
+    """``record`` keyword arguments from an Anthropic Messages ``usage`` (object or dict).
+
+    Anthropic's ``input_tokens`` excludes cache reads and writes: ours is their sum. All
+    writes are ``cache_creation_input_tokens`` (else the 5m + 1h split), the 1-hour part
+    ``usage.cache_creation.ephemeral_1h_input_tokens``.
+    """
+    read = _tokens(usage, "cache_read_input_tokens")
+    split = _field(usage, "cache_creation")
+    one_hour = _tokens(split, "ephemeral_1h_input_tokens")
+    written = (_tokens(usage, "cache_creation_input_tokens")
+               if _field(usage, "cache_creation_input_tokens") is not None
+               else _tokens(split, "ephemeral_5m_input_tokens") + one_hour)
+    out = {"input_tokens": _tokens(usage, "input_tokens") + read + written,
+           "output_tokens": _tokens(usage, "output_tokens")}
+    if read:
+        out["cache_read_input_tokens"] = read
+    if written:
+        out["cache_creation_input_tokens"] = written
+    if one_hour:
+        out["cache_creation_1h_input_tokens"] = one_hour
+    return out
 
 
 class AsyncUsageProducer:

@@ -11,7 +11,9 @@ Install with ``pip install 'tokenmeter[litellm]'``. The tenant comes from the ca
 ``metadata["tenant_id"]``, else its ``user``, else ``default_tenant``. The event id is
 LiteLLM's call id, so a callback fired twice for one call is metered once. Token counts
 follow LiteLLM's normalised usage: ``prompt_tokens`` already includes cache reads and
-writes, which is what ``input_tokens`` means here too. A call that cannot be metered is
+writes, which is what ``input_tokens`` means here too; Anthropic's one-hour cache writes
+(``prompt_tokens_details.cache_creation_token_details.ephemeral_1h_input_tokens``) become
+``cache_creation_1h_input_tokens``. A call that cannot be metered is
 logged and skipped, never raised into the caller's completion.
 """
 
@@ -64,9 +66,22 @@ def usage_fields(kwargs: dict[str, Any], response: Any, end_time: Any,
     cached = cached if cached is not None else _count(_get(usage, "cache_read_input_tokens"))
     if cached:
         fields["cache_read_input_tokens"] = cached
+    details = _get(usage, "prompt_tokens_details")
     written = _count(_get(usage, "cache_creation_input_tokens"))
+    for name in ("cache_write_tokens", "cache_creation_tokens"):  # OpenAI / Anthropic naming
+        written = written if written is not None else _count(_get(details, name))
     if written:
         fields["cache_creation_input_tokens"] = written
+    # Anthropic's 5-minute / 1-hour split: LiteLLM keeps it in prompt_tokens_details (a raw
+    # Anthropic usage dict has it as cache_creation); only the 1-hour part is sent, the rest
+    # of the writes are 5-minute writes (LiteLLM folds writes without a lifetime into 5m)
+    split = _get(details, "cache_creation_token_details") or _get(usage, "cache_creation")
+    one_hour = _count(_get(split, "ephemeral_1h_input_tokens"))
+    if one_hour:
+        fields["cache_creation_1h_input_tokens"] = one_hour
+        if written is None:
+            fields["cache_creation_input_tokens"] = one_hour + (
+                _count(_get(split, "ephemeral_5m_input_tokens")) or 0)
     reasoning = _count(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens"))
     if reasoning:
         fields["reasoning_output_tokens"] = reasoning

@@ -46,3 +46,24 @@ def test_genai_spans_become_usage_events(settings: Settings) -> None:
     assert (event["input_tokens"], event["output_tokens"], event["cache_read_input_tokens"]) == (120, 30, 100)
     assert event["event_id"].startswith(f"otel-{trace_id:032x}")
     assert event["trace_id"] == f"{trace_id:032x}" and event["feature"] == "chat"
+
+
+def test_genai_span_cache_write_split_reaches_the_broker(settings: Settings) -> None:
+    asyncio.run(ensure_topics(settings))
+    producer = UsageProducer(settings.kafka_bootstrap, topic=settings.topic("usage-events"))
+    processor = UsageSpanProcessor(producer, default_tenant="acme")
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    with provider.get_tracer("test").start_as_current_span("chat claude") as span:
+        span.set_attributes({"gen_ai.provider.name": "anthropic",
+                             "gen_ai.request.model": "claude-sonnet-4-5",
+                             "gen_ai.usage.input_tokens": 100_000,
+                             "gen_ai.usage.output_tokens": 1_000,
+                             "gen_ai.usage.cache_creation.input_tokens": 100_000,
+                             "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens": 40_000})
+    provider.force_flush()
+    producer.close()
+    assert (processor.recorded, processor.skipped) == (1, 0)
+    [(_, event)] = asyncio.run(read_all(settings, 1))
+    assert (event["cache_creation_input_tokens"], event["cache_creation_1h_input_tokens"]) \
+        == (100_000, 40_000)

@@ -68,3 +68,26 @@ def test_async_producer_flushes_on_linger(settings: Settings) -> None:
     eid = asyncio.run(go())
     messages = asyncio.run(read_all(settings, 1))
     assert messages[0][1]["event_id"] == eid
+
+
+def test_sdk_sends_1h_cache_writes_and_refuses_a_split_that_does_not_add_up(
+        settings: Settings) -> None:
+    from pipeline.sdk import anthropic_usage
+
+    asyncio.run(ensure_topics(settings))
+    usage = {"input_tokens": 40_000, "output_tokens": 1_000, "cache_read_input_tokens": 20_000,
+             "cache_creation": {"ephemeral_5m_input_tokens": 60_000,
+                                "ephemeral_1h_input_tokens": 40_000}}
+    with UsageProducer(settings.kafka_bootstrap, topic=settings.topic("usage-events")) as meter:
+        eid = meter.record(tenant_id="acme", provider="anthropic", model="claude-sonnet-4-5",
+                           **anthropic_usage(usage))
+        with pytest.raises(ValidationFailed) as bad:
+            meter.record(tenant_id="acme", provider="anthropic", model="claude-sonnet-4-5",
+                         input_tokens=100, output_tokens=1, cache_creation_input_tokens=10,
+                         cache_creation_1h_input_tokens=11)
+        assert bad.value.reason_code == "inconsistent_counts"
+    [(_, event)] = asyncio.run(read_all(settings, 1))
+    assert event["event_id"] == eid
+    assert (event["input_tokens"], event["cache_read_input_tokens"],
+            event["cache_creation_input_tokens"], event["cache_creation_1h_input_tokens"]) \
+        == (160_000, 20_000, 100_000, 40_000)

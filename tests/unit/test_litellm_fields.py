@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from decimal import Decimal as D
 from typing import Any
 
 import pytest
@@ -82,3 +83,58 @@ def test_default_tenant_and_skips_never_raise() -> None:
     cb.log_success_event(kw(provider=None), resp(prompt_tokens=1), END, END)
     assert [c["tenant_id"] for c in rec.calls] == ["fallback"]
     assert (cb.recorded, cb.skipped) == (1, 2)
+
+
+# --- 5-minute and 1-hour cache writes (issue #16) ---
+@pytest.mark.parametrize(("response", "expected"), [
+    # LiteLLM's normalised Anthropic usage: the split sits in prompt_tokens_details
+    (resp(prompt_tokens=500, completion_tokens=5, cache_read_input_tokens=300,
+          cache_creation_input_tokens=100,
+          prompt_tokens_details={"cached_tokens": 300, "cache_creation_token_details": {
+              "ephemeral_5m_input_tokens": 60, "ephemeral_1h_input_tokens": 40}}),
+     {"cache_read_input_tokens": 300, "cache_creation_input_tokens": 100,
+      "cache_creation_1h_input_tokens": 40}),
+    # only 5-minute writes: no 1-hour count is sent
+    (resp(prompt_tokens=500, completion_tokens=5, cache_creation_input_tokens=100,
+          prompt_tokens_details={"cache_creation_token_details": {
+              "ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 0}}),
+     {"cache_creation_input_tokens": 100, "cache_creation_1h_input_tokens": None}),
+    # a raw Anthropic-shaped usage dict without a total: all writes = 5m + 1h
+    (resp(prompt_tokens=500, completion_tokens=5,
+          cache_creation={"ephemeral_5m_input_tokens": 60, "ephemeral_1h_input_tokens": 40}),
+     {"cache_creation_input_tokens": 100, "cache_creation_1h_input_tokens": 40}),
+    # OpenAI naming of the writes in prompt_tokens_details
+    (resp(prompt_tokens=500, completion_tokens=5,
+          prompt_tokens_details={"cached_tokens": 10, "cache_write_tokens": 70}),
+     {"cache_read_input_tokens": 10, "cache_creation_input_tokens": 70}),
+])
+def test_cache_write_lifetimes(response: dict, expected: dict) -> None:
+    fields = usage_fields(kw(provider="anthropic"), response, END, None)
+    assert fields is not None
+    assert {k: fields.get(k) for k in expected} == expected
+
+
+def test_litellm_anthropic_usage_object_is_metered_with_its_1h_writes() -> None:
+    """LiteLLM's own Anthropic usage mapping (the object its callbacks receive), metered."""
+    from litellm.llms.anthropic.chat.transformation import AnthropicConfig
+
+    from pipeline.catalog import load_catalog
+    from pipeline.meter import Meter
+    from pipeline.scoring import load_policy
+
+    # Anthropic's input_tokens (40k) excludes the 20k reads and 100k writes
+    usage = AnthropicConfig().calculate_usage(
+        {"input_tokens": 40_000, "output_tokens": 1_000, "cache_read_input_tokens": 20_000,
+         "cache_creation_input_tokens": 100_000,
+         "cache_creation": {"ephemeral_5m_input_tokens": 60_000,
+                            "ephemeral_1h_input_tokens": 40_000}}, None)
+    fields = usage_fields(kw(provider="anthropic"),
+                          {"id": "msg_1", "model": "claude-sonnet-4-5", "usage": usage}, END, None)
+    assert fields is not None
+    assert (fields["input_tokens"], fields["cache_read_input_tokens"],
+            fields["cache_creation_input_tokens"], fields["cache_creation_1h_input_tokens"]) \
+        == (160_000, 20_000, 100_000, 40_000)
+    p = Meter(load_catalog(), load_policy()).meter_object(fields, now=END)
+    # 40k x 3 + 20k x 0.30 + 60k x 3.75 + 40k x 6 + 1000 x 15 (per 1M)
+    # = 0.12 + 0.006 + 0.225 + 0.24 + 0.015
+    assert p.total_cost == D("0.606")
