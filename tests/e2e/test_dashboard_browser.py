@@ -36,7 +36,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 def event(tenant: str, n: int, at: datetime, model: str = "gpt-4o",
           feature: str = "chat") -> dict:
     return {"event_id": f"{tenant}-{n}-{at.timestamp()}", "timestamp": at.isoformat(),
-            "tenant_id": tenant, "provider": "openai", "model": model, "feature": feature,
+            "tenant_id": tenant, "model": model, "feature": feature,
+            "provider": "anthropic" if model.startswith("claude") else "openai",
             "input_tokens": 20_000, "output_tokens": 2_000}
 
 

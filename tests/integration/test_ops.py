@@ -68,8 +68,11 @@ def test_dlq_list_and_replay_after_catalog_fix(store: Store, tmp_path: Path) -> 
     published: list = []
     before = asyncio.run(dlq_replay(ctx(store, tmp_path, published), {}))
     assert before["replayed"] == 0 and published == []
+    # the events name provider openai: the new price must be for openai (another provider's
+    # newco-7b would not price them)
     import_prices(tmp_path, {"newco-7b": {"input_cost_per_token": 1e-07,
-                                          "output_cost_per_token": 2e-07}},
+                                          "output_cost_per_token": 2e-07,
+                                          "litellm_provider": "openai"}},
                   datetime(2024, 1, 1, tzinfo=timezone.utc))
     after = asyncio.run(dlq_replay(ctx(store, tmp_path, published), {"reason": "unknown_model"}))
     # three events replay; the one that came as text cannot (its text was never stored)
