@@ -122,7 +122,7 @@ class Catalog(BaseModel):
         index: dict[tuple[str, str], ModelPrice] = {}
         home: dict[str, ModelPrice] = {}  # name -> entry at its publisher's own API
         for m in self.models:
-            provider = canonical(m.provider) or m.provider
+            provider = _provider_key(m.provider)
             for name in (m.model, *m.aliases):
                 index.setdefault((provider, name.lower()), m)
                 if m.publisher and canonical(m.publisher) == provider:
@@ -142,13 +142,19 @@ class Catalog(BaseModel):
         if key in resolved:
             return resolved[key]
         index: dict[tuple[str, str], ModelPrice] = self._index  # type: ignore[attr-defined]
-        who, model_id = split_model(provider or "", name)
-        if who is not None:
-            found = index.get((who, model_id.lower()))
-        elif provider:
-            found = None  # a provider we do not price: never someone else's rate
-        else:
-            found = self._home.get(model_id.lower())  # type: ignore[attr-defined]
+        given = _provider_key(provider) if provider else None
+        # the provider's own id first: at Groq `openai/gpt-oss-120b` is one id, not a prefix
+        found = index.get((given, name.strip().lower())) if given else None
+        if found is None:
+            who, model_id = split_model(provider or "", name)
+            if who is not None:
+                found = index.get((who, model_id.lower()))
+            elif given:
+                # a provider we know only from imported prices: its own entries, never
+                # someone else's rate
+                found = index.get((given, model_id.lower()))
+            else:
+                found = self._home.get(model_id.lower())  # type: ignore[attr-defined]
         if len(resolved) < 10_000:  # bounded: model names come from untrusted input
             resolved[key] = found
         return found
@@ -173,6 +179,11 @@ class Catalog(BaseModel):
         return model, version
 
 
+def _provider_key(provider: str) -> str:
+    """The index key of a provider: canonical id, or the lowercased name we do not know."""
+    return canonical(provider) or provider.strip().lower()
+
+
 def load_catalog(path: Path | None = None) -> Catalog:
     """Load a catalog file (default: the one shipped in the package)."""
     if path is None:
@@ -188,11 +199,11 @@ def _builtin() -> Catalog:
 
 def merge(base: Catalog, overlay: Catalog) -> Catalog:
     """Base plus the overlay's versions (same provider and model) and models (new ones)."""
-    models = {(canonical(m.provider) or m.provider, m.model): m for m in base.models}
+    models = {(_provider_key(m.provider), m.model): m for m in base.models}
     for om in overlay.models:
         target = base.resolve(om.model, om.provider)
-        key = ((canonical(target.provider) or target.provider, target.model) if target
-               else (canonical(om.provider) or om.provider, om.model))
+        key = ((_provider_key(target.provider), target.model) if target
+               else (_provider_key(om.provider), om.model))
         current = models.get(key)
         if current is None:
             models[key] = om

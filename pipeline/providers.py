@@ -12,7 +12,6 @@ from __future__ import annotations
 _ALIASES: dict[str, str] = {
     "openai": "openai", "openai_api": "openai", "text-completion-openai": "openai",
     "azure": "azure", "azure_openai": "azure", "azure.ai.openai": "azure", "az.ai.openai": "azure",
-    "azure_ai": "azure",
     "anthropic": "anthropic",
     "bedrock": "bedrock", "aws_bedrock": "bedrock", "aws.bedrock": "bedrock",
     "amazon_bedrock": "bedrock", "bedrock_converse": "bedrock",

@@ -180,7 +180,9 @@ def test_litellm_import_adds_a_version(tmp_path: Path) -> None:
     assert after.tiers["batch"].cache_read == D("0.5")  # tier cache prices are kept
     assert merged.price_version("azure/gpt-4o", datetime(2026, 1, 2, tzinfo=timezone.utc),
                                 "azure")[1].input == D("9")
-    assert merged.resolve("brand-new-model", "newco") is None  # a provider we do not price
+    # a provider known only from imported prices: its own entries price it, nothing else does
+    assert merged.resolve("brand-new-model", "newco") is not None
+    assert CAT.resolve("brand-new-model", "newco") is None
     assert merged.resolve("gpt-4o-mini-2024-07-18", "openai").model == "gpt-4o-mini"
 
 

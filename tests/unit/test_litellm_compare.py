@@ -223,7 +223,9 @@ def reason(case: Case, raw: dict[str, Any]) -> str | None:
     def missing(field: str, with_band: bool = True) -> bool:
         return spec.get(FIELD_KEYS[field] + (band if with_band else "") + suffix) is None
 
-    if "service tier" in err and missing("input", with_band=False):
+    # a tier LiteLLM lists only half of (input without output, say) is not a tier we can price
+    if "service tier" in err and (missing("input", with_band=False)
+                                  or missing("output", with_band=False)):
         return "batch_unlisted" if case.tier == "batch" else "tier_unlisted"
     if "1-hour cache-write" in err and missing("cache_write_1h"):
         return "ttl_1h_fallback"
