@@ -148,15 +148,16 @@ def _inconsistent(what: str, a: int, b: int, fix: str) -> ValidationFailed:
     return ValidationFailed("inconsistent_counts", f"{what}: {a} vs {b}; {fix}")
 
 
-def cache_write_split(obj: dict[str, Any]) -> dict[str, Any]:
+def cache_write_split(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Anthropic's ``cache_creation`` object and ``cache_creation_5m_input_tokens`` mapped
-    onto ``cache_creation_input_tokens`` (all writes) and ``cache_creation_1h_input_tokens``.
+    onto ``cache_creation_input_tokens`` (all writes) and ``cache_creation_1h_input_tokens``;
+    with whether any lifetime count was given (an explicit split).
 
     All writes = 5-minute + 1-hour writes when ``cache_creation_input_tokens`` is absent;
     when present it must equal that sum. A lifetime given twice (nested and flat) must agree.
     """
     if not any(k in obj for k in SPLIT_INPUTS):
-        return obj
+        return obj, obj.get("cache_creation_1h_input_tokens") is not None
     out = dict(obj)
     nested = out.pop("cache_creation", None)
     five = _split_count(out.pop("cache_creation_5m_input_tokens", None),
@@ -188,7 +189,7 @@ def cache_write_split(obj: dict[str, Any]) -> dict[str, Any]:
     if one is not None:
         out["cache_creation_1h_input_tokens"] = one
     if five is None and one is None:
-        return out
+        return out, False
     split_total = (five or 0) + (one or 0)
     total = _split_count(out.get("cache_creation_input_tokens"), "cache_creation_input_tokens")
     if total is None:
@@ -198,7 +199,7 @@ def cache_write_split(obj: dict[str, Any]) -> dict[str, Any]:
             f"cache_creation_input_tokens is not the 5-minute ({five}) plus the 1-hour "
             f"({one or 0}) cache writes", total, split_total,
             "cache_creation_input_tokens counts every write (or leave it out)")
-    return out
+    return out, True
 
 
 def _reason_for(err: ValidationError) -> ValidationFailed:
@@ -224,8 +225,7 @@ def validate_event(obj: Any, *, now: datetime) -> UsageEvent:
     if not isinstance(obj, dict):
         raise ValidationFailed("schema", f"a usage event must be a JSON object, got {_kind(obj)}")
     obj = _apply_aliases(obj)
-    explicit_split = "cache_creation_1h_input_tokens" in obj or any(k in obj for k in SPLIT_INPUTS)
-    obj = cache_write_split(obj)
+    obj, explicit_split = cache_write_split(obj)
     ts = obj.get("timestamp")
     if ts is not None and not isinstance(ts, str):
         raise ValidationFailed("invalid_timestamp", "timestamp must be an RFC 3339 string")

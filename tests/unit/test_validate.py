@@ -179,6 +179,11 @@ def anthropic(five: int | None = None, one: int | None = None) -> dict[str, int]
         (split(cache_creation_input_tokens=50, attributes={"cache_ttl": "1h"}), (50, 0)),
         (split(cache_creation_input_tokens=50, cache_creation_1h_input_tokens=50,
                attributes={"cache_ttl": "1h"}), (50, 50)),
+        # an empty or null split is no split: the legacy attribute still decides
+        (split(cache_creation_input_tokens=50, cache_creation=None,
+               attributes={"cache_ttl": "1h"}), (50, 0)),
+        (split(cache_creation_input_tokens=50, cache_creation={},
+               attributes={"cache_ttl": "1h"}), (50, 0)),
     ],
 )
 def test_cache_write_shapes_accepted(obj: dict[str, Any], expected: tuple[int, int]) -> None:
