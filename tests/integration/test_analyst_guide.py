@@ -1,4 +1,4 @@
-"""Every SQL block of the README's "Analyst guide" runs unchanged on a populated ledger."""
+"""Every SQL block of docs/analyst-guide.md runs unchanged on a populated ledger."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.budgets import Budget
-from pipeline.forecast_job import run_forecasts
+from pipeline.core.budgets import Budget
+from pipeline.runtime.forecast_job import run_forecasts
 from pipeline.store.client import Store
 from pipeline.store.migrations import migrate
 from pipeline.store.queries import run_read_only
@@ -21,18 +21,16 @@ from tests.integration.test_processor import make_processor, messages, traffic
 
 # date-sensitive: `make test-clocks` runs it again at each instant of tests.helpers.CLOCKS
 pytestmark = [pytest.mark.integration, pytest.mark.clock]
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "analyst-guide.md"
 
 
 def guide_blocks() -> list[str]:
-    text = README.read_text("utf-8")
-    section = text.split("## Analyst guide", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```sql\n(.*?)```", section, re.S)
+    return re.findall(r"```sql\n(.*?)```", GUIDE.read_text("utf-8"), re.S)
 
 
 @pytest.fixture()
 def tokenmeter_db(chdb_root: Store):
-    """The real database name the README uses, on this process's engine, filled with traffic."""
+    """The real database name the guide uses, on this process's engine, filled with traffic."""
     store = chdb_root.with_database("tokenmeter")
     chdb_root.command("DROP DATABASE IF EXISTS tokenmeter")
     migrate(store)
