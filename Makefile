@@ -4,9 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: .venv demo test test-clocks lint typecheck bench clean system-deps assets
+.PHONY: help .venv demo test test-clocks lint bench clean system-deps assets
 
-# Chart.js for the dashboard, from the npm registry (dashboard/package-lock.json), copied
+# Chart.js for the dashboard, from the npm registry (assets/package-lock.json), copied
 # next to the page; generated, not committed
 CHART := pipeline/web/static/vendor/chart.umd.min.js
 
@@ -14,7 +14,10 @@ CHART := pipeline/web/static/vendor/chart.umd.min.js
 SYSTEM_BINS := /usr/bin/kcat /usr/bin/chromium
 SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
 
-.venv: $(STAMP)
+help: ## list the targets
+	@grep -E '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+.venv: $(STAMP) ## create the virtualenv and install tokenmeter with its dev extras
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,18 +25,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-assets: $(CHART)
+assets: $(CHART) ## fetch Chart.js from the npm registry for the dashboard
 
-$(CHART): dashboard/package-lock.json
-	cd dashboard && npm ci --no-audit --no-fund --silent
+$(CHART): assets/package-lock.json
+	cd assets && npm ci --no-audit --no-fund --silent
 	mkdir -p $(dir $(CHART))
-	cp dashboard/node_modules/chart.js/dist/chart.umd.min.js $(CHART)
-	cp dashboard/node_modules/chart.js/LICENSE.md $(dir $(CHART))chart.js.LICENSE.md
+	cp assets/node_modules/chart.js/dist/chart.umd.min.js $(CHART)
+	cp assets/node_modules/chart.js/LICENSE.md $(dir $(CHART))chart.js.LICENSE.md
 
-demo: $(STAMP) $(CHART)
+demo: $(STAMP) $(CHART) ## install, then run the whole stack with simulated traffic
 	$(VENV)/bin/tokenmeter up --demo
 
-system-deps:
+system-deps: ## apt-install kcat and chromium when missing (interop and browser tests)
 	@for b in $(SYSTEM_BINS); do test -x $$b || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: kcat chromium"; \
@@ -41,23 +44,23 @@ system-deps:
 	    $(SUDO) apt-get install -y -qq --no-install-recommends kcat chromium >/dev/null; \
 	fi
 
-test: $(STAMP) system-deps $(CHART)
+test: $(STAMP) system-deps $(CHART) ## install, then run the suite (and the date-sensitive tests at pinned clocks)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-clocks
 
 # the date-sensitive tests again at a month's first minutes, a year's last, and DST changes
-test-clocks: $(STAMP)
+test-clocks: $(STAMP) ## run the date-sensitive tests at each instant of tests.helpers.CLOCKS
 	@for t in $$($(PY) -c 'from tests.helpers import CLOCKS; print(*CLOCKS)'); do \
 	  echo "clock pinned at $$t"; \
 	  TOKENMETER_TEST_NOW=$$t $(PY) -m pytest -q -m clock $(PYTEST_ARGS) || exit 1; \
 	done
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline tests bench examples
+lint: $(STAMP) ## ruff and mypy --strict
+	$(VENV)/bin/ruff check pipeline tests examples
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) ## tokenmeter bench (ratios against baselines run in the same process)
 	$(VENV)/bin/tokenmeter bench
 
-clean:
-	rm -rf $(VENV) dashboard/node_modules pipeline/web/static/vendor .tokenmeter .pytest_cache .mypy_cache .ruff_cache
+clean: ## remove the virtualenv, node_modules, vendored assets and caches
+	rm -rf $(VENV) assets/node_modules pipeline/web/static/vendor .tokenmeter .pytest_cache .mypy_cache .ruff_cache

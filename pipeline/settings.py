@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     # compressed record batches: Kafka stores and ships fewer bytes, and the embedded broker
-    # (which keeps every record in memory) grows ~6x slower per event (bench/README.md)
+    # (which keeps every record in memory) grows ~6x slower per event (docs/performance.md)
     producer_compression: Literal["none", "gzip", "lz4", "zstd"] = "zstd"
     clickhouse_dsn: str | None = Field(
         default=None, description="chdb:///<dir> (embedded) or http(s)://host:port"

@@ -3,39 +3,25 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker
+from pipeline.embedded.broker import EmbeddedBroker
 from pipeline.settings import Settings, load_settings
 from pipeline.store.client import Store, open_store
 from pipeline.store.migrations import migrate
-from tests.helpers import subprocess_env  # noqa: F401 - re-exported for test modules
+from tests.helpers import free_port
 
 # LiteLLM fetches its price map from GitHub at import unless told to use its bundled copy
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-def process_gone(pid: int) -> bool:
-    """True when the process has exited (a zombie counts: it runs nothing)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return any(line.startswith("State:") and "Z" in line for line in f)
-    except FileNotFoundError:
-        return True
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
+
+from pipeline.core.catalog import load_catalog
+from pipeline.core.meter import Meter
+from pipeline.core.scoring import load_policy
+from pipeline.core.simulate import Simulator
+from pipeline.store.client import Store
+from pipeline.store.sink import Sink
+from pipeline.stream.live import LiveState
+from pipeline.stream.processor import Processor, RawMessage
 
 DEFAULT_NOW = "2026-06-17T10:20:30+00:00"
 # the instants `make test-clocks` runs the date-sensitive tests at (UTC): just after a month
@@ -41,12 +55,33 @@ def pinned_now() -> datetime:
 
 
 NOW = pinned_now()
+HOUR = NOW.replace(minute=0, second=0)  # recent traffic: the previous and the current hour
+METER = Meter(load_catalog(), load_policy())
 _ORIGIN = time.monotonic()
 
 
 def now() -> datetime:
     """The pinned clock, running on with real time (what a worker started with NOW reads)."""
     return NOW + timedelta(seconds=time.monotonic() - _ORIGIN)
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def process_gone(pid: int) -> bool:
+    """True when the process has exited (a zombie counts: it runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line for line in f)
+    except FileNotFoundError:
+        return True
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # a real `tokenmeter worker` subprocess and its HTTP API
@@ -215,3 +250,90 @@ class ApiWorker:
         assert status == 200, answer
         items: list[dict[str, Any]] = answer["budgets"]
         return items
+
+
+# traffic and truths shared by the worker tests
+
+async def read_dlq(settings: Any, n: int) -> list[dict]:
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(settings.topic("usage-events-dlq"), bootstrap_servers=settings.kafka_bootstrap,
+                         auto_offset_reset="earliest", group_id=None)
+    await c.start()
+    out: list[dict] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(out) < n and time.monotonic() < deadline:
+            for msgs in (await c.getmany(timeout_ms=500)).values():
+                out += [json.loads(m.value) for m in msgs]
+    finally:
+        await c.stop()
+    return out
+
+
+def make_traffic(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    sim = Simulator(tenants=8, seed=seed)
+    now_ = now()
+    return [sim.event(now_ - timedelta(seconds=rng.randint(0, 1200))) for _ in range(n)]
+
+
+def truth(events: list[dict]) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = defaultdict(Decimal)
+    now_ = now()
+    for e in events:
+        out[e["tenant_id"]] += METER.meter_object(e, now=now_).total_cost
+    return dict(out)
+
+
+# the in-process metering step on the real chDB store
+
+def make_processor(store: Store, max_ids: int = 100_000) -> tuple[Processor, list[bytes]]:
+    published: list[bytes] = []
+
+    async def publish(key: str | None, value: bytes) -> None:
+        published.append(value)
+
+    live = LiveState(grace=timedelta(hours=1), horizon=timedelta(days=7), max_ids=max_ids)
+    return Processor(METER, Sink(store), store, live, publish, clock=lambda: NOW), published
+
+
+def traffic(seed: int = 1, n: int = 600) -> tuple[list[dict], list[dict]]:
+    """On-time events (previous and current hour) and a few old (late) ones."""
+    rng = random.Random(seed)
+    sim = Simulator(tenants=6, seed=seed, text_share=0.05)
+    # both hour windows stay open: the previous one closes at HOUR + grace (1 h), after
+    # every timestamp here, whatever the wall-clock minute is when the test runs
+    recent = [sim.event(HOUR + timedelta(seconds=rng.randint(-3600, 3599))) for _ in range(n)]
+    old = [sim.event(NOW - timedelta(days=3, seconds=rng.randint(0, 3600))) for _ in range(20)]
+    return recent, old
+
+
+def partition_of(e: dict, partitions: int = 4) -> int:
+    return int(e["tenant_id"].rsplit("-", 1)[-1]) % partitions
+
+
+def messages(events: list[dict]) -> list[RawMessage]:
+    out = []
+    offsets: Counter[int] = Counter()
+    for e in events:
+        p = partition_of(e)
+        out.append(RawMessage(json.dumps(e).encode(), "usage-events", p, offsets[p]))
+        offsets[p] += 1
+    return out
+
+
+async def read_all(settings: Any, n: int) -> list:
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(settings.topic("usage-events"), bootstrap_servers=settings.kafka_bootstrap,
+                         auto_offset_reset="earliest", group_id=None)
+    await c.start()
+    out = []
+    try:
+        while sum(len(v) if isinstance(v, list) else 1 for _, v in out) < n:
+            for msgs in (await c.getmany(timeout_ms=1000)).values():
+                out += [(m.key.decode(), json.loads(m.value)) for m in msgs]
+    finally:
+        await c.stop()
+    return out

@@ -24,7 +24,7 @@ from pipeline.benchmark.throughput import (
     make_events,
     preload,
 )
-from pipeline.broker import EmbeddedBroker
+from pipeline.embedded.broker import EmbeddedBroker
 
 
 def rss_mb(pid: int) -> float:

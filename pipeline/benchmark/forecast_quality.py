@@ -18,8 +18,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from pipeline.budgets import Budget, period_bounds
-from pipeline.forecast import forecast_budget, run_rate
+from pipeline.core.budgets import Budget, period_bounds
+from pipeline.core.forecast import forecast_budget, run_rate
 
 MONTH_START = datetime(2025, 3, 1, tzinfo=timezone.utc)
 MONTH_DAYS = 31

@@ -30,8 +30,8 @@ from pipeline.benchmark.throughput import (
     preload,
     single_messages,
 )
-from pipeline.broker import EmbeddedBroker
-from pipeline.stream.cluster import stop_all
+from pipeline.embedded.broker import EmbeddedBroker
+from pipeline.runtime.cluster import stop_all
 
 
 def _serve(data: str, password: str) -> tuple[subprocess.Popen[bytes], str]:

@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.benchmark.scale_out import run as scale_out
 from pipeline.benchmark.throughput import free_port, make_events
 from pipeline.benchmark.throughput import run as throughput
-from pipeline.broker import EmbeddedBroker
+from pipeline.embedded.broker import EmbeddedBroker
 
 Progress = Callable[[str], None]
 
@@ -38,9 +38,9 @@ def rss_mb() -> float:
 
 def micro_core(n: int = 20_000) -> dict[str, float]:
     """Validate + price + score of one pre-parsed event, in microseconds."""
-    from pipeline.catalog import load_catalog
-    from pipeline.meter import Meter
-    from pipeline.scoring import load_policy
+    from pipeline.core.catalog import load_catalog
+    from pipeline.core.meter import Meter
+    from pipeline.core.scoring import load_policy
 
     meter = Meter(load_catalog(), load_policy())
     events = make_events(2000)
@@ -55,7 +55,7 @@ def micro_core(n: int = 20_000) -> dict[str, float]:
 
 def tiktoken_speed(mb: float = 4.0) -> dict[str, float]:
     """MB/s of offline token counting (cl100k_base, the shipped encoding)."""
-    from pipeline.tokens import TokenCounter
+    from pipeline.core.tokens import TokenCounter
 
     words = "the quick brown fox jumps over the lazy dog; invoices, reports, 1234".split()
     rng = random.Random(0)
@@ -69,9 +69,9 @@ def tiktoken_speed(mb: float = 4.0) -> dict[str, float]:
 
 def sink_and_state(tenants: int = 100_000) -> dict[str, float]:
     """Sink rows/s vs raw client inserts, and live-state memory growth at 100k tenants."""
-    from pipeline.catalog import load_catalog
-    from pipeline.meter import Meter
-    from pipeline.scoring import load_policy
+    from pipeline.core.catalog import load_catalog
+    from pipeline.core.meter import Meter
+    from pipeline.core.scoring import load_policy
     from pipeline.settings import load_settings
     from pipeline.store.client import open_store
     from pipeline.store.migrations import migrate
@@ -255,8 +255,8 @@ def latency_and_decisions(rate: float = 1000.0, seconds: float = 20.0,
 
 def forecast_speed(budgets: int = 300) -> dict[str, float]:
     """Budgets forecast per second with both cores (synthetic 90-day daily histories)."""
-    from pipeline.budgets import Budget, period_bounds
-    from pipeline.forecast_job import Job, fit_all
+    from pipeline.core.budgets import Budget, period_bounds
+    from pipeline.runtime.forecast_job import Job, fit_all
 
     now = datetime(2025, 3, 20, 12, tzinfo=timezone.utc)
     jobs = []

@@ -22,8 +22,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.broker import EmbeddedBroker
-from pipeline.simulate import Simulator
+from pipeline.core.simulate import Simulator
+from pipeline.embedded.broker import EmbeddedBroker
 
 
 def free_port() -> int:

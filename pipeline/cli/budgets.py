@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.budgets import Budget
+from pipeline.core.budgets import Budget
 from pipeline.errors import BrokerError, ConfigError, TokenmeterError
 from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, Settings
 from pipeline.stream.budget_feed import Parsed, decode_budget, parse_budget
@@ -130,7 +130,7 @@ def stored_failures(settings: Settings) -> dict[str, str]:
     ClickHouse server. The topic alone still shows invalid budgets.
     """
     from pipeline.cli.commands import run_query
-    from pipeline.stream.worker import worker_holding_store
+    from pipeline.runtime.worker import worker_holding_store
 
     if settings.embedded_store and worker_holding_store(settings) is None:
         return {}

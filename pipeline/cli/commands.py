@@ -50,11 +50,11 @@ def _now(settings: Settings | None = None) -> datetime:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Whole stack in the foreground."""
-    from pipeline.stream.worker import run_worker
+    from pipeline.runtime.worker import run_worker
 
     settings = settings_from(args)
     if args.workers > 1:
-        from pipeline.stream.cluster import run_cluster
+        from pipeline.runtime.cluster import run_cluster
 
         return run_cluster(settings, args.workers, embedded_broker=args.kafka is None,
                            demo=args.demo, demo_rate=args.demo_rate)
@@ -67,7 +67,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """One worker against configured Kafka and ClickHouse."""
-    from pipeline.stream.worker import run_worker
+    from pipeline.runtime.worker import run_worker
 
     settings = settings_from(args)
     return run_worker(settings, banner=f"tokenmeter worker: API {settings.web_url}")
@@ -75,7 +75,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     """Only the embedded broker, until interrupted."""
-    from pipeline.broker import EmbeddedBroker, interrupt_on_sigterm
+    from pipeline.embedded.broker import EmbeddedBroker, interrupt_on_sigterm
 
     settings = settings_from(args)
     host, port = settings.broker_address()
@@ -94,8 +94,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_clickhouse(args: argparse.Namespace) -> int:
     """Only the embedded ClickHouse (chDB), served over ClickHouse's HTTP interface."""
-    from pipeline.broker import interrupt_on_sigterm
-    from pipeline.stream.cluster import EmbeddedClickHouse
+    from pipeline.embedded.broker import interrupt_on_sigterm
+    from pipeline.runtime.cluster import EmbeddedClickHouse
 
     settings = settings_from(args)
     host, _, port = args.listen.rpartition(":")
@@ -134,11 +134,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def run_query(settings: Settings, sql: str) -> tuple[list[str], list[list[Any]]]:
     """Run a read-only query: via a running worker's API if it holds the store, else directly."""
-    from pipeline.stream.worker import worker_holding_store
+    from pipeline.runtime.worker import worker_holding_store
 
     info = worker_holding_store(settings)
     if info is not None:
-        from pipeline.web.client import post_json
+        from pipeline.cli.http import post_json
 
         body = post_json(f"{info['url']}/api/query", {"sql": sql}, settings)
         return body["columns"], body["rows"]
@@ -163,9 +163,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def _meter(settings: Settings | None = None) -> Any:
-    from pipeline.catalog import load_catalog_with_overlays
-    from pipeline.meter import Meter
-    from pipeline.scoring import load_policy
+    from pipeline.core.catalog import load_catalog_with_overlays
+    from pipeline.core.meter import Meter
+    from pipeline.core.scoring import load_policy
 
     prices = settings.prices_dir if settings is not None else None
     return Meter(load_catalog_with_overlays(prices), load_policy())
@@ -173,7 +173,7 @@ def _meter(settings: Settings | None = None) -> Any:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """One JSON verdict per line: {line, ok, reason_code, detail}."""
-    from pipeline.validate import decode_message
+    from pipeline.core.validate import decode_message
 
     settings = settings_from(args)
     meter = _meter(settings)
@@ -252,7 +252,7 @@ def cmd_price(args: argparse.Namespace) -> int:
 
 def cmd_tokens(args: argparse.Namespace) -> int:
     """Count tokens of text offline."""
-    from pipeline.tokens import TokenCounter
+    from pipeline.core.tokens import TokenCounter
 
     text = sys.stdin.read() if args.text == "-" else args.text
     count, source = TokenCounter().count(args.model, text)

@@ -8,8 +8,8 @@ import json
 import sys
 from typing import Any
 
-from pipeline.budgets import Budget
 from pipeline.clock import clock_for
+from pipeline.core.budgets import Budget
 from pipeline.errors import BrokerError, ConfigError
 from pipeline.settings import TOPIC_BREACHES, Settings
 
@@ -17,8 +17,8 @@ from pipeline.settings import TOPIC_BREACHES, Settings
 def _direct(settings: Settings, budget_id: str | None) -> dict[str, Any]:
     from rich.progress import Progress
 
-    from pipeline.forecast_job import run_forecasts, summary
-    from pipeline.store import state as ledger
+    from pipeline.runtime.forecast_job import run_forecasts, summary
+    from pipeline.store import ledger
     from pipeline.store.client import open_store
     from pipeline.store.migrations import migrate
 
@@ -73,11 +73,11 @@ async def _publisher(settings: Settings) -> tuple[Any, Any]:
 
 def cmd_forecast(args: argparse.Namespace, settings: Settings) -> int:
     """Run once; print a table or one JSON object per budget."""
-    from pipeline.stream.worker import worker_holding_store
+    from pipeline.runtime.worker import worker_holding_store
 
     info = worker_holding_store(settings)
     if info is not None:
-        from pipeline.web.client import post_json
+        from pipeline.cli.http import post_json
 
         body = {"budget_id": args.budget} if args.budget else {}
         result = post_json(f"{info['url']}/api/forecast", body, settings)

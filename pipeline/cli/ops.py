@@ -1,4 +1,4 @@
-"""CLI commands backed by pipeline.ops: dlq, export focus, reprice, report."""
+"""CLI commands backed by pipeline.runtime.ops: dlq, export focus, reprice, report."""
 
 from __future__ import annotations
 
@@ -15,18 +15,18 @@ from pipeline.settings import Settings
 
 def run_op(settings: Settings, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """Run an operation through the running worker (embedded store) or in this process."""
-    from pipeline.stream.worker import worker_holding_store
+    from pipeline.runtime.worker import worker_holding_store
 
     info = worker_holding_store(settings)
     if info is not None:
-        from pipeline.web.client import post_json
+        from pipeline.cli.http import post_json
 
         try:
             result: dict[str, Any] = post_json(f"{info['url']}/api/ops/{name}", body, settings)
         except QueryRefused as exc:  # the worker's 400: a usage error, said once
             raise ConfigError(str(exc)) from None
         return result
-    from pipeline.ops import run_local
+    from pipeline.runtime.ops import run_local
 
     return asyncio.run(run_local(settings, name, body))
 
@@ -53,19 +53,19 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     """export focus --from D --to D FILE."""
-    from pipeline.stream.worker import worker_holding_store
+    from pipeline.runtime.worker import worker_holding_store
 
     path = Path(args.file).resolve()
     body = {"from": args.date_from, "to": args.date_to}
     info = worker_holding_store(settings)
     if info is None:
-        from pipeline.ops import run_local
+        from pipeline.runtime.ops import run_local
 
         result = asyncio.run(run_local(settings, "export_focus", {**body, "file": str(path)}))
     else:
         # the worker writes files only under its data dir: it sends the export back and
         # the CLI, running as the operator, writes it where the operator said
-        from pipeline.web.client import post_for_bytes
+        from pipeline.cli.http import post_for_bytes
 
         kind = "parquet" if path.suffix.lower() == ".parquet" else "csv"
         try:
@@ -103,7 +103,7 @@ def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """report --tenant T [--period month] [--html FILE]."""
-    from pipeline.report import html_report, print_report
+    from pipeline.cli.report import html_report, print_report
 
     data = run_op(settings, "report", {"tenant": args.tenant, "period": args.period})
     if args.html:

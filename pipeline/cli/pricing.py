@@ -11,12 +11,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import Catalog, ModelPrice, load_catalog_with_overlays
+from pipeline.core.catalog import Catalog, ModelPrice, load_catalog_with_overlays
+from pipeline.core.events import COST_ADAPTER, priced_json
+from pipeline.core.litellm_prices import ImportReport, import_litellm
+from pipeline.core.meter import Meter
+from pipeline.core.pricing import TokenCounts, cost_lines
 from pipeline.errors import ConfigError, ValidationFailed
-from pipeline.events import COST_ADAPTER, priced_json
-from pipeline.litellm_prices import ImportReport, import_litellm
-from pipeline.meter import Meter
-from pipeline.pricing import TokenCounts, cost_lines
 from pipeline.settings import Settings
 
 

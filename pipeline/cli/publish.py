@@ -60,7 +60,7 @@ async def simulate(settings: Settings, *, tenants: int, rate: float, duration: f
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pipeline.clock import clock_for
-    from pipeline.simulate import Simulator
+    from pipeline.core.simulate import Simulator
 
     clock = clock_for(settings.clock_start)
     sim = Simulator(tenants=tenants, seed=seed)

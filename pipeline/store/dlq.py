@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+from pipeline.core.meter import Meter
 from pipeline.errors import ValidationFailed
-from pipeline.meter import Meter
 from pipeline.store.client import Store
 
 REPLAY_COLUMNS = ("source_topic", "source_partition", "source_offset", "item_index",

@@ -19,10 +19,10 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from pipeline.catalog import Catalog
+from pipeline.core.catalog import Catalog
+from pipeline.core.events import cache_writes_1h
+from pipeline.core.pricing import TokenCounts, cost_lines
 from pipeline.errors import PricingError
-from pipeline.events import cache_writes_1h
-from pipeline.pricing import TokenCounts, cost_lines
 from pipeline.store.client import Store
 from pipeline.store.sink import USAGE_COLUMNS
 

@@ -17,9 +17,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pipeline.budgets import BudgetBreach
+from pipeline.core.budgets import BudgetBreach
+from pipeline.core.events import DeadLetter, PricedUsage
 from pipeline.errors import StoreWriteFailed
-from pipeline.events import DeadLetter, PricedUsage
 from pipeline.store.client import Store
 
 log = logging.getLogger(__name__)

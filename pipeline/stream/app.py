@@ -10,10 +10,10 @@ from typing import Any
 
 import faust
 
-from pipeline.catalog import Catalog
 from pipeline.clock import Clock, clock_for, wall_clock
-from pipeline.meter import Meter
-from pipeline.scoring import ValuePolicy
+from pipeline.core.catalog import Catalog
+from pipeline.core.meter import Meter
+from pipeline.core.scoring import ValuePolicy
 from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, TOPIC_DLQ, TOPIC_EVENTS, Settings
 from pipeline.store.client import Store
 from pipeline.store.sink import STATUS_COLUMNS, Sink
@@ -89,7 +89,7 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
         stream_buffer_maxsize=1000,
         producer_linger=0.005,
         # no compression for the worker's own low-volume output (breaches, dead letters):
-        # zstd there cost produce-to-breach p50 385 ms -> 2,470 ms (bench/README.md)
+        # zstd there cost produce-to-breach p50 385 ms -> 2,470 ms (docs/performance.md)
         producer_compression_type=None,
         logging_config=None,
     )
@@ -113,7 +113,7 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
         return await breaches_topic.send(key=key.encode() if key else None, value=value)
 
     async def forward(partition: int, key: str, value: bytes) -> Any:
-        # back into the events topic, on the tenant's partition (see pipeline/placement.py)
+        # back into the events topic, on the tenant's partition (see pipeline/core/placement.py)
         return await events_topic.send(key=key.encode(), value=value, partition=partition)
 
     async def publish_budget(budget_id: str, value: bytes | None) -> None:
@@ -140,7 +140,7 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     app.task(budget_feed)
 
     async def forecast(budget_id: str | None = None, owned_only: bool = False) -> Any:
-        from pipeline.forecast_job import run_forecasts
+        from pipeline.runtime.forecast_job import run_forecasts
 
         budgets = [b for b in processor.book.budgets.values()
                    if (budget_id is None or b.budget_id == budget_id)
@@ -220,7 +220,7 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     from pipeline.web import auth
     from pipeline.web.api import register_ops_view, register_spend_view, register_views
     from pipeline.web.budgets_api import register_budget_views, register_forecast_view
-    from pipeline.web.dashboard import register_dashboard
+    from pipeline.web.dashboard_views import register_dashboard
 
     auth.install(app, settings)
     register_views(app, runtime)

@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.budgets import Budget
+from pipeline.core.budgets import Budget
 from pipeline.settings import TOPIC_BUDGETS, Settings
-from pipeline.store import state as ledger
+from pipeline.store import ledger
 from pipeline.store.sink import Sink
 from pipeline.stream.processor import Processor
 from pipeline.stream.topics import kafka_client_options

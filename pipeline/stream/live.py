@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from pipeline.dedup import DedupIndex
-from pipeline.spend import WINDOW_SIZE, WINDOWS, SpendTotals, WindowKind, window_start
-from pipeline.store import state as ledger
+from pipeline.core.dedup import DedupIndex
+from pipeline.core.spend import WINDOW_SIZE, WINDOWS, SpendTotals, WindowKind, window_start
+from pipeline.store import ledger
 from pipeline.store.client import Store
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,13 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from pipeline.budgets import Budget, BudgetBreach, percent_of, period_bounds
+from pipeline.core.budgets import Budget, BudgetBreach, percent_of, period_bounds
+from pipeline.core.events import DeadLetter, PricedUsage
+from pipeline.core.meter import Meter, Metered, Source
+from pipeline.core.placement import Move, place
+from pipeline.core.spend import advance_watermark, open_windows
 from pipeline.errors import StoreError
-from pipeline.events import DeadLetter, PricedUsage
-from pipeline.meter import Meter, Metered, Source
-from pipeline.placement import Move, place
-from pipeline.spend import advance_watermark, open_windows
-from pipeline.store import state as ledger
+from pipeline.store import ledger
 from pipeline.store.client import Store
 from pipeline.store.sink import (
     BREACH_COLUMNS,
@@ -36,7 +36,7 @@ from pipeline.store.sink import (
     dlq_row,
     usage_row,
 )
-from pipeline.stream.budget_state import BudgetBook, BudgetTracker, PeriodSpend
+from pipeline.stream.budget_book import BudgetBook, BudgetTracker, PeriodSpend
 from pipeline.stream.live import LiveState, PartitionState
 
 log = logging.getLogger(__name__)

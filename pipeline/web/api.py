@@ -94,7 +94,7 @@ def register_spend_view(app: Any, runtime: Any) -> None:
     """GET /api/tenants/{tenant_id}/spend, routed to the worker owning the tenant's partition."""
     from datetime import datetime
 
-    from pipeline.spend import WINDOWS, SpendTotals, window_bounds
+    from pipeline.core.spend import WINDOWS, SpendTotals, window_bounds
 
     @app.page("/api/tenants/{tenant_id}/spend")
     class Spend(View):
@@ -124,7 +124,7 @@ def register_ops_view(app: Any, runtime: Any) -> None:
     """POST /api/ops/{name}: store operations the CLI runs through a worker holding chDB."""
 
     from pipeline.errors import TokenmeterError
-    from pipeline.ops import OPS, OpContext, export_focus_bytes
+    from pipeline.runtime.ops import OPS, OpContext, export_focus_bytes
     from pipeline.settings import TOPIC_EVENTS
 
     events = app.topic(runtime.settings.topic(TOPIC_EVENTS), key_type=bytes, value_type=bytes,

@@ -11,11 +11,11 @@ from typing import Any
 from faust.web import Request, Response, View
 from pydantic import ValidationError
 
-from pipeline.budgets import Budget, period_bounds
-from pipeline.decision import Request as DecisionRequest
-from pipeline.decision import Room, applies, decide
+from pipeline.core.budgets import Budget, period_bounds
+from pipeline.core.decision import Request as DecisionRequest
+from pipeline.core.decision import Room, applies, decide
 from pipeline.errors import PricingError
-from pipeline.store.dashboard import breaches as recent_breaches
+from pipeline.store.dashboard_reads import breaches as recent_breaches
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -146,7 +146,7 @@ def register_budget_views(app: Any, runtime: Any) -> None:
 
 def register_forecast_view(app: Any, runtime: Any) -> None:
     """POST /api/forecast {"budget_id": optional}: run the forecast job now."""
-    from pipeline.forecast_job import summary
+    from pipeline.runtime.forecast_job import summary
 
     @app.page("/api/forecast")
     class RunForecast(View):

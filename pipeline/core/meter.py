@@ -1,0 +1,156 @@
+"""Metering core: raw message -> priced, scored events and dead letters (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pipeline.core.catalog import Catalog
+from pipeline.core.events import DeadLetter, PricedUsage, UsageEvent, cache_writes_1h
+from pipeline.core.pricing import TokenCounts, cost_lines
+from pipeline.core.scoring import ValuePolicy, score
+from pipeline.core.tokens import TokenCounter
+from pipeline.core.validate import decode_message, safe_raw, validate_event
+from pipeline.errors import ValidationFailed
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a message came from (for dead letters)."""
+
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass(slots=True)
+class Metered:
+    """The outcome of metering one message."""
+
+    priced: list[PricedUsage] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class Meter:
+    """Validates, counts, prices and scores events with a fixed catalog and policy."""
+
+    def __init__(self, catalog: Catalog, policy: ValuePolicy, counter: TokenCounter | None = None):
+        self.catalog = catalog
+        self.policy = policy
+        self.counter = counter or TokenCounter()
+
+    def price(self, event: UsageEvent) -> PricedUsage:
+        """Price and score one validated event (raises PricingError for unknown models)."""
+        model, version = self.catalog.price_version(event.model, event.timestamp,
+                                                    event.provider)
+        source = "provided"
+        input_tokens = event.input_tokens
+        output_tokens = event.output_tokens
+        if input_tokens is None:
+            input_tokens, source = self.counter.count(event.model, event.input_text or "")
+        if output_tokens is None:
+            output_tokens, source = self.counter.count(event.model, event.output_text or "")
+        cached = event.cache_read_input_tokens + event.cache_creation_input_tokens
+        if cached > input_tokens:
+            raise ValidationFailed(
+                "inconsistent_counts",
+                f"cache read + cache write ({cached}) exceed the {input_tokens} input tokens "
+                "counted from input_text; send input_tokens",
+            )
+        if event.reasoning_output_tokens > output_tokens:
+            raise ValidationFailed(
+                "inconsistent_counts",
+                f"reasoning_output_tokens ({event.reasoning_output_tokens}) exceed the "
+                f"{output_tokens} output tokens counted from output_text; send output_tokens",
+            )
+        writes = event.cache_creation_input_tokens
+        # legacy attributes.cache_ttl resolved here and stored resolved: the ledger says what
+        # was priced, and reprice (same function) agrees for rows stored before the column
+        writes_1h = cache_writes_1h(writes, event.cache_creation_1h_input_tokens,
+                                    event.attributes,
+                                    lists_1h_price=version.cache_write_1h is not None)
+        if writes_1h > writes:
+            raise ValidationFailed(
+                "inconsistent_counts",
+                f"cache_creation_1h_input_tokens ({writes_1h}) exceed "
+                f"cache_creation_input_tokens ({writes}); the latter counts every write")
+        counts = TokenCounts(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_input_tokens=event.cache_read_input_tokens,
+            cache_creation_input_tokens=writes,
+            reasoning_output_tokens=event.reasoning_output_tokens,
+            cache_creation_1h_input_tokens=writes_1h,
+        )
+        lines = cost_lines(
+            counts,
+            model,
+            version,
+            currency=self.catalog.currency,
+            service_tier=event.service_tier.value,
+            cache_hit=event.cache_hit,
+        )
+        weight, units, tier = score(
+            self.policy,
+            input_tokens + output_tokens,
+            event.task_type,
+            event.criticality.value,
+            event.user_tier,
+        )
+        return PricedUsage(
+            event_id=event.event_id, timestamp=event.timestamp, tenant_id=event.tenant_id,
+            provider=event.provider, model=event.model, input_tokens=input_tokens,
+            output_tokens=output_tokens, project_id=event.project_id, user_id=event.user_id,
+            feature=event.feature, trace_id=event.trace_id, attributes=event.attributes,
+            cache_read_input_tokens=event.cache_read_input_tokens,
+            cache_creation_input_tokens=writes, cache_creation_1h_input_tokens=writes_1h,
+            reasoning_output_tokens=event.reasoning_output_tokens, task_type=event.task_type,
+            criticality=event.criticality, user_tier=event.user_tier,
+            service_tier=event.service_tier, cache_hit=event.cache_hit, token_source=source,
+            input_cost=lines.input_cost, cache_read_cost=lines.cache_read_cost,
+            cache_write_cost=lines.cache_write_cost, output_cost=lines.output_cost,
+            reasoning_cost=lines.reasoning_cost, total_cost=lines.total_cost,
+            saved_cost=lines.saved_cost, currency=lines.currency,
+            price_version=lines.price_version, priced_model=lines.priced_model,
+            value_weight=weight, value_units=units, value_tier=tier,
+        )
+
+    def meter_object(self, obj: object, *, now: datetime) -> PricedUsage:
+        """Validate then price one decoded object; raises ValidationFailed with a reason."""
+        return self.price(validate_event(obj, now=now))
+
+    def meter_message(
+        self, raw: bytes | str, *, now: datetime, source: Source = Source()
+    ) -> Metered:
+        """Meter one message value (single event or batch envelope), item by item."""
+        out = Metered()
+        items = decode_message(raw)
+        if not isinstance(items, list):
+            out.dead.append(_dead(items.reason_code, items.detail, None, raw, source, now))
+            return out
+        for item in items:
+            try:
+                out.priced.append(self.meter_object(item, now=now))
+            except ValidationFailed as exc:
+                out.dead.append(_dead(exc.reason_code, exc.detail, item, None, source, now))
+        return out
+
+
+def _dead(reason: str, detail: str, item: object, raw: bytes | str | None, source: Source,
+          now: datetime) -> DeadLetter:
+    event_id = tenant_id = None
+    if isinstance(item, dict):
+        eid, tid = item.get("event_id"), item.get("tenant_id")
+        event_id = eid[:256] if isinstance(eid, str) else None
+        tenant_id = tid[:256] if isinstance(tid, str) else None
+    return DeadLetter(
+        reason_code=reason,
+        detail=detail[:1000],
+        raw=safe_raw(item, raw),
+        source_topic=source.topic,
+        source_partition=source.partition,
+        source_offset=source.offset,
+        event_id=event_id,
+        tenant_id=tenant_id,
+        received_at=now,
+    )

@@ -1,0 +1,67 @@
+"""Where an event belongs: its tenant's partition, whatever key the producer used.
+
+Dedup, live windows and budgets are kept per partition, so an ``event_id`` must always
+reach the same partition. Producers that key by something else (no key, a key with stray
+whitespace, a changed partition count) put events on other partitions; the worker moves
+them to their tenant's partition through the events topic before dedup (Faust's
+repartitioning, with the partition chosen by us) and meters only what belongs where it is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pipeline.core.meter import Meter
+from pipeline.core.validate import decode_message
+from pipeline.errors import ValidationFailed
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Items to re-send to ``partition``, as one envelope keyed by a tenant of theirs."""
+
+    partition: int
+    key: str
+    value: bytes
+    events: int
+
+
+@dataclass(slots=True)
+class Placement:
+    """A message split into what stays (``keep``, or None) and what moves elsewhere."""
+
+    keep: bytes | None
+    moves: list[Move] = field(default_factory=list)
+
+
+def place(meter: Meter, raw: bytes, here: int, partition_of: Callable[[str], int],
+          now: datetime) -> Placement:
+    """Split a message by the partition of each item's (validated) tenant.
+
+    Items that fail validation stay here, so their dead letters name this message.
+    """
+    items = decode_message(raw)
+    if not isinstance(items, list):
+        return Placement(keep=raw)
+    keep: list[object] = []
+    away: dict[int, tuple[str, list[object]]] = {}
+    for item in items:
+        try:
+            tenant = meter.meter_object(item, now=now).tenant_id
+        except ValidationFailed:
+            keep.append(item)
+            continue
+        target = partition_of(tenant)
+        if target == here:
+            keep.append(item)
+        else:
+            away.setdefault(target, (tenant, []))[1].append(item)
+    moves = [Move(part, key, json.dumps(group, separators=(",", ":")).encode(), len(group))
+             for part, (key, group) in sorted(away.items())]
+    if not moves:
+        return Placement(keep=raw)
+    kept = json.dumps(keep, separators=(",", ":")).encode() if keep else None
+    return Placement(keep=kept, moves=moves)

@@ -1,0 +1,2 @@
+"""Process runners: the worker, `up` (one or many workers), the demo, the forecast job and
+store operations."""

@@ -1,0 +1,79 @@
+"""GenAI span attributes -> usage-event fields, priced (no broker: the recorder meters)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal as D
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from pipeline.core.catalog import load_catalog
+from pipeline.core.events import PricedUsage
+from pipeline.core.meter import Meter
+from pipeline.core.scoring import load_policy
+from pipeline.integrations.otel import UsageSpanProcessor
+
+NOW = datetime(2026, 3, 2, 9, 30, tzinfo=timezone.utc)
+END_NS = int(NOW.timestamp()) * 1_000_000_000
+METER = Meter(load_catalog(), load_policy())
+
+
+class MeteringRecorder:
+    """Meters what the processor records, as the pipeline would (raises like the SDK)."""
+
+    def __init__(self) -> None:
+        self.priced: list[PricedUsage] = []
+
+    def record(self, *, tenant_id: str, provider: str, model: str,
+               input_tokens: int | None = None, output_tokens: int | None = None,
+               **fields: Any) -> str:
+        event = {"tenant_id": tenant_id, "provider": provider, "model": model,
+                 "input_tokens": input_tokens, "output_tokens": output_tokens, **fields}
+        self.priced.append(METER.meter_object(event, now=NOW))
+        return str(fields["event_id"])
+
+
+def span(attrs: dict[str, Any]) -> tuple[UsageSpanProcessor, MeteringRecorder]:
+    rec = MeteringRecorder()
+    processor = UsageSpanProcessor(rec, default_tenant="acme")
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    s = provider.get_tracer("test").start_span("chat", start_time=END_NS - 10**9)
+    s.set_attributes({"gen_ai.provider.name": "anthropic",
+                      "gen_ai.request.model": "claude-sonnet-4-5", **attrs})
+    s.end(end_time=END_NS)
+    return processor, rec
+
+
+@pytest.mark.parametrize(("attrs", "writes", "writes_1h", "total"), [
+    # 60k 5m x 3.75 + 40k 1h x 6 + 1000 out x 15, per 1M = 0.225 + 0.24 + 0.015
+    ({"gen_ai.usage.cache_creation.input_tokens": 100_000,
+      "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens": 40_000}, 100_000, 40_000,
+     D("0.48")),
+    ({"gen_ai.usage.cache_creation.ephemeral_5m_input_tokens": 60_000,
+      "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens": 40_000}, 100_000, 40_000,
+     D("0.48")),
+    # no split: every write at 3.75 = 0.375, + 0.015
+    ({"gen_ai.usage.cache_creation.input_tokens": 100_000}, 100_000, 0, D("0.39")),
+])
+def test_span_cache_writes_by_lifetime(attrs: dict[str, Any], writes: int, writes_1h: int,
+                                       total: D) -> None:
+    processor, rec = span({"gen_ai.usage.input_tokens": 100_000,
+                           "gen_ai.usage.output_tokens": 1_000, **attrs})
+    assert (processor.recorded, processor.skipped) == (1, 0)
+    [p] = rec.priced
+    assert (p.cache_creation_input_tokens, p.cache_creation_1h_input_tokens) == (writes,
+                                                                                  writes_1h)
+    assert p.total_cost == total
+
+
+def test_span_with_a_split_that_does_not_add_up_is_skipped_with_the_reason(
+        caplog: pytest.LogCaptureFixture) -> None:
+    processor, rec = span({"gen_ai.usage.input_tokens": 100_000, "gen_ai.usage.output_tokens": 1,
+                           "gen_ai.usage.cache_creation.input_tokens": 90_000,
+                           "gen_ai.usage.cache_creation.ephemeral_5m_input_tokens": 60_000,
+                           "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens": 40_000})
+    assert (processor.recorded, processor.skipped, rec.priced) == (0, 1, [])
+    assert "inconsistent_counts" in caplog.text

@@ -1,0 +1,158 @@
+"""Exact totals whatever keys producers use: events move to their tenant's partition
+before dedup (real chDB ledger, the Processor's forward loop played as the topic would)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter, defaultdict
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from pipeline.core.budgets import Budget, period_bounds
+from pipeline.core.catalog import load_catalog
+from pipeline.core.meter import Meter
+from pipeline.core.scoring import load_policy
+from pipeline.core.simulate import Simulator
+from pipeline.store.client import Store
+from pipeline.store.sink import Sink
+from pipeline.stream.live import LiveState
+from pipeline.stream.processor import Processor, RawMessage
+from pipeline.stream.topics import partition_for
+from tests.helpers import NOW, produce, query, start_worker, wait_events, wait_ready
+from tests.helpers import now as clock_now
+
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
+METER = Meter(load_catalog(), load_policy())
+PARTITIONS = 4
+HOUR = NOW.replace(minute=0, second=0)
+
+
+class Topic:
+    """The events topic as the processor sees it: per-partition offsets, and re-sends."""
+
+    def __init__(self) -> None:
+        self.offsets: Counter[int] = Counter()
+        self.resent: list[RawMessage] = []
+
+    def message(self, partition: int, value: bytes) -> RawMessage:
+        msg = RawMessage(value, "usage-events", partition, self.offsets[partition])
+        self.offsets[partition] += 1
+        return msg
+
+    async def forward(self, partition: int, key: str, value: bytes) -> None:
+        assert partition == partition_for(key, PARTITIONS)
+        self.resent.append(self.message(partition, value))
+
+
+def workload(seed: int) -> tuple[list[dict], list[RawMessage], Topic]:
+    """Events on random partitions (random keys, no keys), envelopes mixing tenants, and 10%
+    exact duplicates re-sent on other partitions."""
+    rng = random.Random(seed)
+    sim = Simulator(tenants=7, seed=seed, text_share=0.0)
+    events = [sim.event(HOUR + timedelta(seconds=rng.randint(-3000, 0))) for _ in range(600)]
+    sent = events + [dict(e) for e in rng.sample(events, 60)]
+    rng.shuffle(sent)
+    topic = Topic()
+    msgs: list[RawMessage] = []
+    i = 0
+    while i < len(sent):
+        n = rng.choice([1, 1, 1, 5, 20])
+        group = sent[i:i + n]
+        value = json.dumps(group[0] if n == 1 else group).encode()
+        msgs.append(topic.message(rng.randrange(PARTITIONS), value))
+        i += n
+    return events, msgs, topic
+
+
+def test_duplicates_across_partitions_are_stored_once(store: Store) -> None:
+    events, msgs, topic = workload(seed=5)
+    live = LiveState(grace=timedelta(hours=1), horizon=timedelta(days=7), max_ids=100_000)
+
+    async def dlq(key: str | None, value: bytes) -> None:
+        return None
+
+    proc = Processor(METER, Sink(store), store, live, dlq, clock=lambda: NOW,
+                     partition_of=lambda t: partition_for(t, PARTITIONS),
+                     forward=topic.forward)
+    for p in range(PARTITIONS):
+        live.get(p)
+    tenants = sorted({e["tenant_id"] for e in events})
+    budgets = [Budget.model_validate({"budget_id": f"b-{t}", "tenant_id": t,
+                                      "limit": "1000000", "period": "day"}) for t in tenants]
+
+    async def run() -> None:
+        for b in budgets:
+            await proc.budget_changed(b.budget_id, b)
+        for i in range(0, len(msgs), 40):
+            await proc.process(msgs[i:i + 40])
+        rounds = 0
+        while topic.resent:  # the re-sent envelopes, consumed on their own partitions
+            batch, topic.resent = topic.resent, []
+            await proc.process(batch)
+            rounds += 1
+        assert rounds <= 1  # a moved event is never moved again
+
+    asyncio.run(run())
+    truth: dict[str, list] = defaultdict(lambda: [Decimal(0), 0])
+    for e in events:
+        p = METER.meter_object(e, now=NOW)
+        truth[p.tenant_id][0] += p.total_cost
+        truth[p.tenant_id][1] += 1
+    db = store.database
+    # no FINAL: every event_id is stored exactly once
+    rows = store.rows(f"SELECT tenant_id, sum(total_cost), count(), uniqExact(event_id), "
+                      f"uniqExact(source_partition) FROM {db}.usage_events GROUP BY tenant_id")
+    assert {t: (c, n) for t, c, n, _, _ in rows} == {t: tuple(v) for t, v in truth.items()}
+    assert all(n == u and parts == 1 for _, _, n, u, parts in rows)
+    for t, _, _, _, _ in rows:
+        part = store.rows(f"SELECT any(source_partition) FROM {db}.usage_events "
+                          "WHERE tenant_id = %(t)s", parameters={"t": t})[0][0]
+        assert part == partition_for(t, PARTITIONS)
+    hourly = store.rows(f"SELECT tenant_id, sum(total_cost), sum(events) FROM {db}.spend_hourly "
+                        "GROUP BY tenant_id")
+    assert {t: (c, n) for t, c, n in hourly} == {t: tuple(v) for t, v in truth.items()}
+    for t, (cost, n) in truth.items():
+        day = live.window(t, "day", NOW)
+        assert day is not None and (day.cost, day.events) == (cost, n)
+        start, _ = period_bounds(budgets[0].period, budgets[0].tz, NOW)
+        ps = proc.tracker.get(f"b-{t}", start)
+        assert ps is not None and ps.spent[""] == cost
+    assert proc.metrics.moved > 0 and proc.metrics.duplicates >= 60
+
+
+def test_worker_moves_misplaced_events_before_dedup(settings) -> None:
+    """A real worker and broker: no keys, random keys and padded keys, 10% duplicates on
+    other partitions; the ledger holds each event once, on its tenant's partition."""
+    rng = random.Random(11)
+    sim = Simulator(tenants=5, seed=11, text_share=0.0)
+    at = clock_now()
+    events = [sim.event(at - timedelta(seconds=rng.randint(0, 600))) for _ in range(300)]
+    sent = events + rng.sample(events, 30)
+    rng.shuffle(sent)
+    keys = [None, b"", b"random-key", b" tenant-00001 "]
+    msgs = [(rng.choice(keys) if i % 3 else f"k{rng.random()}".encode(), json.dumps(e).encode())
+            for i, e in enumerate(sent)]
+    proc = start_worker(settings)
+    try:
+        wait_ready(settings, proc)
+        asyncio.run(produce(settings, msgs))
+        assert wait_events(settings, len(events)) == len(events)
+        time.sleep(1.0)  # a second copy, were it stored, would have arrived by now
+        rows = query(settings, "SELECT count(), uniqExact(event_id), toString(sum(total_cost)) "
+                               "FROM tokenmeter.usage_events")
+        expected = sum((METER.meter_object(e, now=at).total_cost for e in events), Decimal(0))
+        assert rows[0][0] == rows[0][1] == len(events)
+        assert Decimal(rows[0][2]) == expected
+        placed = query(settings, "SELECT tenant_id, groupUniqArray(source_partition) "
+                                 "FROM tokenmeter.usage_events GROUP BY tenant_id")
+        assert all(parts == [partition_for(t, settings.partitions)] for t, parts in placed)
+        hourly = query(settings, "SELECT toString(sum(total_cost)) FROM tokenmeter.spend_hourly")
+        assert Decimal(hourly[0][0]) == expected
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
