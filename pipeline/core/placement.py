@@ -46,22 +46,38 @@ def place(meter: Meter, raw: bytes, here: int, partition_of: Callable[[str], int
     items = decode_message(raw)
     if not isinstance(items, list):
         return Placement(keep=raw)
-    keep: list[object] = []
-    away: dict[int, tuple[str, list[object]]] = {}
-    for item in items:
+    texts = [_encode(item) for item in items]
+    if any(t is None for t in texts):
+        # an item JSON cannot carry faithfully (a float such as 1e999 decodes to inf) would
+        # spoil a re-sent envelope: the message stays whole and is metered here
+        return Placement(keep=raw)
+    keep: list[str] = []
+    away: dict[int, tuple[str, list[str]]] = {}
+    for item, text in zip(items, texts, strict=True):
+        assert text is not None
         try:
-            tenant = meter.meter_object(item, now=now).tenant_id
+            tenant: str | None = meter.meter_object(item, now=now).tenant_id
         except ValidationFailed:
-            keep.append(item)
-            continue
-        target = partition_of(tenant)
+            tenant = None  # stays, so its dead letter names this message
+        target = here if tenant is None else partition_of(tenant)
         if target == here:
-            keep.append(item)
+            keep.append(text)
         else:
-            away.setdefault(target, (tenant, []))[1].append(item)
-    moves = [Move(part, key, json.dumps(group, separators=(",", ":")).encode(), len(group))
+            assert tenant is not None
+            away.setdefault(target, (tenant, []))[1].append(text)
+    moves = [Move(part, key, _envelope(group), len(group))
              for part, (key, group) in sorted(away.items())]
     if not moves:
         return Placement(keep=raw)
-    kept = json.dumps(keep, separators=(",", ":")).encode() if keep else None
-    return Placement(keep=kept, moves=moves)
+    return Placement(keep=_envelope(keep) if keep else None, moves=moves)
+
+
+def _encode(item: object) -> str | None:
+    try:
+        return json.dumps(item, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return None
+
+
+def _envelope(texts: list[str]) -> bytes:
+    return ("[" + ",".join(texts) + "]").encode()

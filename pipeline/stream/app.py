@@ -19,7 +19,7 @@ from pipeline.store.client import Store
 from pipeline.store.sink import STATUS_COLUMNS, Sink
 from pipeline.stream.budget_feed import run_budget_feed
 from pipeline.stream.live import LiveState
-from pipeline.stream.processor import Processor, RawMessage
+from pipeline.stream.processor import MOVED_HEADER, Processor, RawMessage, was_moved
 from pipeline.stream.topics import partition_for
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
 
     async def forward(partition: int, key: str, value: bytes) -> Any:
         # back into the events topic, on the tenant's partition (see pipeline/core/placement.py)
-        return await events_topic.send(key=key.encode(), value=value, partition=partition)
+        return await events_topic.send(key=key.encode(), value=value, partition=partition,
+                                       headers=[(MOVED_HEADER, b"1")])
 
     async def publish_budget(budget_id: str, value: bytes | None) -> None:
         fut = await budgets_topic.send(key=budget_id.encode(), value=value)
@@ -181,7 +182,8 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
             async for events in stream.noack_take(settings.take_max,
                                                   within=settings.take_within_s):
                 batch = [RawMessage(e.message.value, e.message.topic, e.message.partition,
-                                    e.message.offset) for e in events]
+                                    e.message.offset, was_moved(e.message.headers))
+                         for e in events]
 
                 async def ack(events: Any = events) -> None:
                     for e in events:

@@ -50,9 +50,19 @@ class RawMessage:
     topic: str
     partition: int
     offset: int
+    moved: bool = False  # re-sent here by a worker (header MOVED_HEADER): never moved again
 
 
 Publish = Callable[[str | None, bytes], Awaitable[Any]]
+MOVED_HEADER = "tokenmeter-moved"  # on events a worker re-sent to their tenant's partition
+
+
+def was_moved(headers: Any) -> bool:
+    """True when a consumed message carries MOVED_HEADER (headers as Kafka clients give them)."""
+    if not headers:
+        return False
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return any(k == MOVED_HEADER for k, _ in pairs)
 # (partition, key, value) -> delivery future: re-sends events to their tenant's partition
 Forward = Callable[[int, str, bytes], Awaitable[Any]]
 
@@ -115,6 +125,7 @@ class Metrics:
         self.batches = 0
         self.breaches = 0
         self.moved = 0  # events re-sent to their tenant's partition
+        self.misplaced = 0  # messages that arrived moved and still misplaced (metered there)
 
 
 def must_propagate(exc: BaseException) -> bool:
@@ -233,8 +244,16 @@ class Processor:
         for msg in batch:
             source = Source(msg.topic, msg.partition, msg.offset)
             metered = self.meter.meter_message(msg.value or b"", now=now, source=source)
-            if self.forward is not None and any(
-                    self.partition_of(p.tenant_id) != msg.partition for p in metered.priced):
+            misplaced = self.forward is not None and any(
+                self.partition_of(p.tenant_id) != msg.partition for p in metered.priced)
+            if misplaced and msg.moved:
+                # moved once already and still not where this worker puts it: the workers
+                # disagree on the partition count (a rolling change). Metered here rather
+                # than bounced between them forever.
+                self.metrics.misplaced += 1
+                log.warning("a moved event is misplaced again on partition %d: do all workers "
+                            "run with the same TOKENMETER_PARTITIONS?", msg.partition)
+            elif misplaced:
                 # dedup is per partition: an event keyed by anything but its tenant moves to
                 # the tenant's partition first, so one event_id can never be stored twice
                 placed = place(self.meter, msg.value or b"", msg.partition, self.partition_of,

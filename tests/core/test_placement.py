@@ -65,3 +65,18 @@ def test_invalid_items_stay_valid_ones_move() -> None:
     placed = place(METER, json.dumps([bad, ev(2, "b")]).encode(), 0, of, NOW)
     assert json.loads(placed.keep or b"") == [bad]
     assert [m.partition for m in placed.moves] == [1]
+
+
+def test_an_item_json_cannot_carry_keeps_the_message_whole() -> None:
+    """1e999 decodes to inf: re-encoded it would be Infinity, which the target refuses as
+    invalid_json for the whole moved envelope, neighbours included."""
+    odd = {**ev(1, "b"), "extra": 1}
+    raw = json.dumps([odd, ev(2, "b")]).encode().replace(b'"extra": 1', b'"extra": 1e999')
+    placed = place(METER, raw, 0, of, NOW)
+    assert placed.keep == raw and placed.moves == []
+
+
+def test_moved_items_keep_their_fields() -> None:
+    e = {**ev(1, "b"), "attributes": {"k": "v"}, "feature": "chat"}
+    placed = place(METER, json.dumps([e, ev(2, "a")]).encode(), 0, of, NOW)
+    assert json.loads(placed.moves[0].value) == [e]

@@ -156,3 +156,34 @@ def test_worker_moves_misplaced_events_before_dedup(settings) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_moved_event_is_never_moved_again(store: Store) -> None:
+    """Workers that disagree on the partition count would bounce an event between them
+    forever; one that arrives moved is metered where it lands."""
+    topic = Topic()
+    live = LiveState(grace=timedelta(hours=1), horizon=timedelta(days=7), max_ids=1000)
+
+    async def dlq(key: str | None, value: bytes) -> None:
+        return None
+
+    # this worker thinks there are 8 partitions; the event was moved by one that thinks 4
+    proc = Processor(METER, Sink(store), store, live, dlq, clock=lambda: NOW,
+                     partition_of=lambda t: partition_for(t, 8), forward=topic.forward)
+    sim = Simulator(tenants=3, seed=2, text_share=0.0)
+    e = sim.event(NOW)
+    here = (partition_for(e["tenant_id"], 8) + 1) % 8  # not where this worker would put it
+    msg = RawMessage(json.dumps(e).encode(), "usage-events", here, 0, moved=True)
+    asyncio.run(proc.process([msg]))
+    assert topic.resent == [] and proc.metrics.misplaced == 1
+    assert store.rows(f"SELECT count() FROM {store.database}.usage_events")[0][0] == 1
+
+
+@pytest.mark.parametrize(("headers", "moved"), [
+    (None, False), ([], False), ([("tokenmeter-moved", b"1")], True),
+    ({"tokenmeter-moved": b"1"}, True), ([("other", b"1")], False),
+])
+def test_moved_header(headers, moved) -> None:
+    from pipeline.stream.processor import was_moved
+
+    assert was_moved(headers) is moved
