@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     app_id: str = "tokenmeter"
     topic_prefix: str = ""
     # Measured on Tansu: Faust's default timeouts made a fresh group wait ~30 s for its
-    # assignment; these get it in ~4-6 s (DESIGN.md, "Measured facts").
+    # assignment; these get it in ~4-6 s (docs/architecture.md, "Measured facts").
     session_timeout_s: float = 6.0
     rebalance_timeout_s: float = 6.0
     heartbeat_interval_s: float = 1.0

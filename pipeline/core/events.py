@@ -1,4 +1,4 @@
-"""Message models: the contract of every topic (see DESIGN.md, "Messages")."""
+"""Message models: the contract of every topic (docs/contracts.md, "Messages")."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pydantic import (
     TypeAdapter,
 )
 
-# Limits (documented in README "Input limits"); over them is reason_code too_large.
+# Limits (documented in docs/contracts.md, "Input limits"); over them is reason_code too_large.
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 1000
 MAX_ID_CHARS = 256

@@ -42,7 +42,7 @@ TIER_SUFFIXES: dict[str, str] = {"batch": "_batches", "flex": "_flex", "priority
 _BAND_FIELDS = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
 _THRESHOLD = re.compile(r"_above_(\d+)(k?)_tokens")
 
-# reasons for a field the catalog cannot represent (report keys; README lists them)
+# reasons for a field the catalog cannot represent (report keys; docs/pricing.md lists them)
 R_SEVERAL_THRESHOLDS = "several long-context thresholds (the catalog holds one band)"
 R_BAND_WITHOUT_BASE = "tier long-context rate without a standard long-context band"
 R_TIER_INCOMPLETE = "service tier without both input and output rates"

@@ -5,7 +5,7 @@ in conftest, so nothing is fetched). Ours: ``import_litellm`` -> ``Catalog.price
 ``cost_lines``. Theirs: ``litellm.cost_per_token`` with a normalised ``Usage`` (prompt tokens
 include cache reads and writes, as LiteLLM's own Anthropic/OpenAI transformations produce;
 1-hour writes in ``cache_creation_token_details``), ``call_type="retrieve_batch"`` for batch.
-Every difference must fall into one of the documented ``REASONS`` (README, "Importing
+Every difference must fall into one of the documented ``REASONS`` (docs/pricing.md, "Importing
 LiteLLM's price map"); the figures go to the lead's note when run as a script:
 ``python -m tests.core.test_litellm_compare /tmp/research/litellm_compare.md``.
 """
