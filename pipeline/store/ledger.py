@@ -41,21 +41,31 @@ def recent_ids(store: Store, partition: int, since: datetime,
     ]
 
 
-def window_sums(store: Store, partition: int, kind: str,
+def window_sums(store: Store, partition: int | None, kind: str,
                 since: datetime) -> list[tuple[Any, ...]]:
     """(tenant_id, window_start, sums...) of the events of each window since ``since``.
 
     Late-flagged events are included: lateness is judged per window, and a window still
     open held every event of it that arrived (an hour-late event counts in its open day).
+    ``partition`` None: every partition's (after a partition-count change a tenant's events
+    may be stored under several).
     """
     fn = "toStartOfHour" if kind == "hour" else "toStartOfDay"
+    where = "" if partition is None else f"source_partition = {int(partition)} AND "
     return store.rows(
         f"SELECT tenant_id, {fn}(timestamp) AS w, {_SUMS} "
         f"FROM {store.database}.usage_events FINAL "
-        f"WHERE source_partition = {int(partition)} AND timestamp >= %(since)s "
+        f"WHERE {where}timestamp >= %(since)s "
         "GROUP BY tenant_id, w",
         parameters={"since": since},
     )
+
+
+def tenant_partitions(store: Store, since: datetime) -> list[tuple[str, int]]:
+    """(tenant_id, source_partition) pairs stored since ``since``."""
+    return [(t, int(p)) for t, p in store.rows(
+        f"SELECT DISTINCT tenant_id, source_partition FROM {store.database}.usage_events "
+        "WHERE timestamp >= %(since)s", parameters={"since": since})]
 
 
 # The ids are inlined into the SQL text and ClickHouse refuses a query longer than

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -74,9 +75,27 @@ class LiveState:
         for p in partitions:
             self.partitions.pop(p, None)
 
-    def rebuild(self, store: Store, partitions: set[int], now: datetime) -> None:
-        """Load dedup ids, watermarks and open windows of ``partitions`` from the ledger."""
+    def rebuild(self, store: Store, partitions: set[int], now: datetime,
+                partition_of: Callable[[str], int] | None = None) -> None:
+        """Load dedup ids, watermarks and open windows of ``partitions`` from the ledger.
+
+        With ``partition_of``, a changed partition count is detected (tenants stored under a
+        partition that is no longer theirs): dedup then checks every id older than now
+        against the ledger (by tenant, not partition), and open windows are summed from every
+        partition, so an event stored under its old partition is still counted once.
+        """
         marks = ledger.watermarks(store, partitions)
+        stored = (ledger.tenant_partitions(store, now - self.horizon)
+                  if partition_of is not None else [])
+        relaid = partition_of is not None and any(partition_of(t) != q for t, q in stored)
+        if relaid:
+            log.warning("tenants are stored under partitions that are no longer theirs (the "
+                        "partition count changed): older event ids are checked in the ledger")
+        if relaid:
+            # a partition's events may be stored under others: judge lateness by them all
+            every = ledger.watermarks(store, {q for _, q in stored} | partitions)
+            latest = max(every.values(), default=None)
+            marks = {p: latest for p in partitions} if latest is not None else {}
         for p in partitions:
             # bounded by the clock, as when metering: a far-ahead event moves no lateness
             wm = min(as_utc(marks[p]), now) if p in marks else None
@@ -87,11 +106,16 @@ class LiveState:
                 dedup.add(eid, as_utc(ts))
             if len(ids) >= self.max_ids:
                 dedup.watermark = as_utc(ids[-1][1])
+            if relaid:
+                dedup.watermark = now  # ids stored under another partition: ask the ledger
             st = PartitionState(dedup=dedup, watermark=wm)
             if wm is not None:
                 for kind in WINDOWS:
                     open_from = window_start(kind, wm - self.grace)
-                    for row in ledger.window_sums(store, p, kind, open_from):
+                    for row in ledger.window_sums(store, None if relaid else p, kind,
+                                                  open_from):
+                        if relaid and partition_of is not None and partition_of(row[0]) != p:
+                            continue
                         st.windows[(row[0], kind, as_utc(row[1]))] = _totals(row[2:])
             self.partitions[p] = st
         log.info("rebuilt live state of partitions %s from the ledger", sorted(partitions))

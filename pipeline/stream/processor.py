@@ -513,7 +513,10 @@ class Processor:
         on breaches their budgets crossed while no worker owned them."""
         async with self.lock:
             await self.drain()
-            await asyncio.to_thread(self.live.rebuild, self.store, partitions, self.clock())
+            # only a worker that moves events knows the real partitioning: then a changed
+            # partition count is detected and handled by the rebuild
+            await asyncio.to_thread(self.live.rebuild, self.store, partitions, self.clock(),
+                                    self.partition_of if self.forward is not None else None)
             now = self.clock()
             for b in list(self.book.budgets.values()):
                 if self.partition_of(b.tenant_id) in partitions \

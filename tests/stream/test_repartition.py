@@ -187,3 +187,44 @@ def test_moved_header(headers, moved) -> None:
     from pipeline.stream.processor import was_moved
 
     assert was_moved(headers) is moved
+
+
+def test_a_changed_partition_count_still_stores_each_event_once(store: Store) -> None:
+    """Dedup memory is rebuilt per partition: after TOKENMETER_PARTITIONS goes from 4 to 8 a
+    tenant's new partition holds none of the ids stored under its old one."""
+    tenant = next(f"t{i}" for i in range(100)
+                  if partition_for(f"t{i}", 4) != partition_for(f"t{i}", 8))
+    old, new = partition_for(tenant, 4), partition_for(tenant, 8)
+
+    def ev(event_id: str) -> dict:
+        return {"event_id": event_id, "timestamp": (NOW - timedelta(minutes=5)).isoformat(),
+                "tenant_id": tenant, "provider": "openai", "model": "gpt-4o-mini",
+                "input_tokens": 10, "output_tokens": 1}
+
+    async def dlq(key: str | None, value: bytes) -> None:
+        return None
+
+    async def no_move(partition: int, key: str, value: bytes) -> None:
+        raise AssertionError("nothing here is misplaced")
+
+    def worker(partitions: int) -> Processor:
+        live = LiveState(grace=timedelta(hours=1), horizon=timedelta(days=7), max_ids=1000)
+        return Processor(METER, Sink(store), store, live, dlq, clock=lambda: NOW,
+                         partition_of=lambda t: partition_for(t, partitions), forward=no_move)
+
+    async def run() -> Processor:
+        a = worker(4)
+        await a.rebuild({old})
+        await a.process([RawMessage(json.dumps(ev("dup-1")).encode(), "usage-events", old, 0)])
+        b = worker(8)  # the operator raised the partition count and restarted
+        await b.rebuild({new})
+        await b.process([RawMessage(json.dumps([ev("dup-1"), ev("new-2")]).encode(),
+                                    "usage-events", new, 0)])
+        return b
+
+    b = asyncio.run(run())
+    rows = store.rows(f"SELECT event_id, count() FROM {store.database}.usage_events "
+                      "GROUP BY event_id ORDER BY event_id")
+    assert rows == [("dup-1", 1), ("new-2", 1)]
+    day = b.live.window(tenant, "day", NOW)  # the old partition's spend counts once, here
+    assert day is not None and day.events == 2
