@@ -65,6 +65,7 @@ REASON_CODES = (
     "missing_counts",
     "unknown_model",
     "too_large",
+    "unpriced",
 )
 
 
