@@ -10,6 +10,12 @@ from faust.web import Request, Response, View
 
 from pipeline.errors import QueryRefused, StoreError
 from pipeline.store.queries import run_read_only
+from pipeline.web import auth
+
+
+def _failure_kind(failure: str) -> str:
+    """The failure's first words (what failed), without values from data."""
+    return failure.split(":", 1)[0] + ": details from an allowed Host (see the worker log)"
 
 
 def register_views(app: Any, runtime: Any) -> None:
@@ -21,9 +27,14 @@ def register_views(app: Any, runtime: Any) -> None:
             # a crashed agent, or an insert ClickHouse refused for good (the sink does not
             # retry it): either way nothing more is metered, so say so at once
             failure = runtime.failure or runtime.processor.sink.failure
-            failed_budgets = dict(runtime.processor.failed_budgets)
+            failed = dict(runtime.processor.failed_budgets)
+            # probes reach /health by any Host (pod IPs), so a page using DNS rebinding could
+            # too: budget ids and error texts only for an allowed Host (and the token, if set)
+            private = auth.may_see_details(request.headers, runtime.settings)
+            failed_budgets: Any = failed if private else len(failed)
             if failure:
-                return self.json({"status": "failed", "error": failure,
+                return self.json({"status": "failed",
+                                  "error": failure if private else _failure_kind(failure),
                                   "failed_budgets": failed_budgets}, status=503)
             if not runtime.ready:
                 return self.json({"status": "starting"}, status=503)

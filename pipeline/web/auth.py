@@ -78,6 +78,14 @@ def allowed_hosts(settings: Settings) -> frozenset[str]:
     return frozenset(names)
 
 
+def may_see_details(headers: Mapping[str, str], settings: Settings) -> bool:
+    """True when a probe path may show details: an allowed Host, and the token when set."""
+    if host_name(headers.get("Host", "")) not in allowed_hosts(settings):
+        return False
+    return settings.api_token is None or token_ok(headers.get("Authorization"),
+                                                  settings.api_token.get_secret_value())
+
+
 def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -65,6 +66,11 @@ def test_invalid_budget_is_reported_and_metering_goes_on(settings: Settings) -> 
         assert status == 200 and health["status"] == "ready"
         assert set(health["failed_budgets"]) == {"bad"}
         assert "out of range" in health["failed_budgets"]["bad"]
+        # probes may use any Host; a DNS-rebinding page then learns a count, not ids/reasons
+        req = urllib.request.Request(f"{settings.web_url}/health",
+                                     headers={"Host": "rebind.example:80"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert json.loads(r.read())["failed_budgets"] == 1
 
         status, dash = get(settings, "/api/dashboard/budgets")
         assert status == 200

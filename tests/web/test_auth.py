@@ -102,3 +102,20 @@ def test_export_path_stays_under_exports(tmp_path: Path) -> None:
                 "link/f.csv", str(exports), "f.txt", "f\x00.csv"):
         with pytest.raises(ConfigError):
             export_path(exports, bad)
+
+
+@pytest.mark.parametrize(("headers", "token", "ok"), [
+    ({"Host": "127.0.0.1:6066"}, None, True),
+    ({"Host": "localhost"}, None, True),
+    ({"Host": "rebind.example"}, None, False),
+    ({}, None, False),
+    ({"Host": "127.0.0.1:6066"}, "s3cret", False),
+    ({"Host": "127.0.0.1:6066", "Authorization": "Bearer s3cret"}, "s3cret", True),
+    ({"Host": "rebind.example", "Authorization": "Bearer s3cret"}, "s3cret", False),
+])
+def test_probe_details_only_for_an_allowed_host_and_the_token(headers, token, ok) -> None:
+    from pipeline.settings import load_settings
+    from pipeline.web.auth import may_see_details
+
+    settings = load_settings(api_token=token) if token else load_settings()
+    assert may_see_details(headers, settings) is ok
