@@ -54,6 +54,10 @@ test-clocks: $(STAMP) ## run the date-sensitive tests at each instant of tests.h
 	  echo "clock pinned at $$t"; \
 	  TOKENMETER_TEST_NOW=$$t $(PY) -m pytest -q -m clock $(PYTEST_ARGS) || exit 1; \
 	done
+	@for t in $$($(PY) -c 'from tests.helpers import CLOCKS; print(*CLOCKS[:2])'); do \
+	  echo "clock pinned at $$t (worker tests)"; \
+	  TOKENMETER_TEST_NOW=$$t $(PY) -m pytest -q -m clock_worker $(PYTEST_ARGS) || exit 1; \
+	done
 
 lint: $(STAMP) ## ruff and mypy --strict
 	$(VENV)/bin/ruff check pipeline tests examples

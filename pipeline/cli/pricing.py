@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pipeline.clock import clock_for
 from pipeline.core.catalog import Catalog, ModelPrice, load_catalog_with_overlays
 from pipeline.core.events import COST_ADAPTER, priced_json
 from pipeline.core.litellm_prices import ImportReport, import_litellm
@@ -103,7 +104,7 @@ def prices_command(args: argparse.Namespace, settings: Settings) -> int:
     """list | show MODEL | import FILE --effective-from D."""
     overlay_dir = settings.prices_dir
     catalog = load_catalog_with_overlays(overlay_dir)
-    now = datetime.now(timezone.utc)
+    now = clock_for(settings.clock_start)()
     if args.action == "list":
         rows = [_row(m, now) for m in sorted(catalog.models, key=lambda m: (m.provider, m.model))]
         if args.json:
@@ -123,13 +124,14 @@ def prices_command(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(f"model {args.arg!r} is not in the price catalog")
         print(json.dumps(model.model_dump(mode="json"), indent=2))
         return 0
-    return _import(args, catalog, overlay_dir)
+    return _import(args, catalog, overlay_dir, now)
 
 
-def _import(args: argparse.Namespace, catalog: Catalog, overlay_dir: Path) -> int:
+def _import(args: argparse.Namespace, catalog: Catalog, overlay_dir: Path,
+            now: datetime) -> int:
     if not args.arg or not args.effective_from:
         raise ConfigError("usage: tokenmeter prices import FILE --effective-from DATE")
-    effective = _parse_time(args.effective_from, datetime.now(timezone.utc))
+    effective = _parse_time(args.effective_from, now)
     try:
         data = json.loads(Path(args.arg).read_text("utf-8"), parse_float=Decimal)
     except (OSError, ValueError) as exc:
@@ -140,7 +142,7 @@ def _import(args: argparse.Namespace, catalog: Catalog, overlay_dir: Path) -> in
     result = import_litellm(data, effective, version, source=str(Path(args.arg).name))
     imported = result.catalog
     overlay_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    stamp = now.strftime("%Y%m%dT%H%M%S%f")
     target = overlay_dir / f"{stamp}-{version}.json"
     target.write_text(imported.model_dump_json(indent=1), "utf-8")
     known = sum(1 for m in imported.models if catalog.resolve(m.model, m.provider) is not None)

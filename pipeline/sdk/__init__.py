@@ -25,6 +25,7 @@ import threading
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime, timezone
 from typing import Any
@@ -76,13 +77,15 @@ class AsyncUsageProducer:
 
     def __init__(self, bootstrap_servers: str, *, topic: str = "usage-events",
                  batch_size: int = 100, linger_ms: float = 50, catalog: Catalog | None = None,
-                 **kafka_options: Any) -> None:
+                 clock: Callable[[], datetime] | None = None, **kafka_options: Any) -> None:
         if not 1 <= batch_size <= 1000:
             raise ValueError("batch_size must be between 1 and 1000 (the envelope limit)")
         self.topic = topic
         self.batch_size = batch_size
         self.linger_s = linger_ms / 1000
         self.catalog = catalog or load_catalog()
+        # what stamps events without a timestamp (and checks them): the wall clock by default
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
         # zstd by default: JSON envelopes shrink ~7x on the wire and in the broker
         self._options = {"bootstrap_servers": bootstrap_servers, "linger_ms": 5,
                          **PRODUCER_SIZES, "compression_type": "zstd", **kafka_options}
@@ -108,7 +111,7 @@ class AsyncUsageProducer:
     def build(self, tenant_id: str, provider: str, model: str, input_tokens: int | None,
               output_tokens: int | None, fields: dict[str, Any]) -> dict[str, Any]:
         """The event dict, validated (raises ValidationFailed with a reason code)."""
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         event: dict[str, Any] = {"event_id": fields.pop("event_id", None) or str(uuid.uuid4()),
                                  "timestamp": fields.pop("timestamp", None) or now.isoformat(),
                                  "tenant_id": tenant_id, "provider": provider, "model": model}

@@ -12,6 +12,7 @@ from pipeline.core.placement import place
 from pipeline.core.scoring import load_policy
 from tests.helpers import NOW
 
+pytestmark = pytest.mark.clock  # `make test-clocks` runs it at each pinned instant
 METER = Meter(load_catalog(), load_policy())
 PARTS = {"a": 0, "b": 1, "c": 2}
 

@@ -17,7 +17,9 @@ import pytest
 from pipeline.settings import TOPIC_BUDGETS, Settings
 from tests.helpers import get, now, produce, query, start_worker, subprocess_env, wait_ready
 
-pytestmark = pytest.mark.integration
+# budget periods against a worker clock: `make test-clocks` runs it at a month start and a
+# year end too
+pytestmark = [pytest.mark.integration, pytest.mark.clock_worker]
 
 
 async def publish_budgets(settings: Settings, budgets: list[dict]) -> None:

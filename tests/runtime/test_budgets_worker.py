@@ -16,7 +16,9 @@ from pipeline.settings import Settings
 from tests.helpers import now as clock_now
 from tests.helpers import produce, start_worker, subprocess_env, wait_ready
 
-pytestmark = pytest.mark.integration
+# budget periods against a worker clock: `make test-clocks` runs it at a month start and a
+# year end too
+pytestmark = [pytest.mark.integration, pytest.mark.clock_worker]
 
 
 def tm(settings: Settings, *args: str) -> subprocess.CompletedProcess:

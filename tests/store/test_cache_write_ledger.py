@@ -22,7 +22,8 @@ from pipeline.stream.live import LiveState
 from pipeline.stream.processor import Processor, RawMessage
 from tests.helpers import NOW
 
-pytestmark = pytest.mark.integration
+# date-sensitive: `make test-clocks` runs it again at each instant of tests.helpers.CLOCKS
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 DAY = NOW - timedelta(days=2)
 
 

@@ -20,7 +20,8 @@ from pipeline.stream.live import LiveState
 from pipeline.stream.processor import Processor, RawMessage
 from tests.helpers import NOW
 
-pytestmark = pytest.mark.integration
+# date-sensitive: `make test-clocks` runs it again at each instant of tests.helpers.CLOCKS
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 METER = Meter(load_catalog(), load_policy())
 TIMEOUT_S = 30  # the old sink retried an overflowing breach row forever: fail, do not hang
 
