@@ -11,7 +11,8 @@ that says what was wrong and what to do about it::
     │   └── StoreWriteFailed an insert ClickHouse refuses for good (retrying cannot help)
     ├── ValidationFailed     a usage event or budget that does not validate (has reason_code)
     ├── PricingError         no price for a model at a time (reason_code unknown_model)
-    └── TokenCountError      no tiktoken encoding available offline
+    ├── TokenCountError      no tiktoken encoding available offline
+    └── RouterArtifactError  a router artifact that is not valid (unknown schema, edited, damaged)
 """
 
 from __future__ import annotations
@@ -56,3 +57,7 @@ class PricingError(ValidationFailed):
 
 class TokenCountError(TokenmeterError):
     """Tokens cannot be counted offline."""
+
+
+class RouterArtifactError(TokenmeterError):
+    """A router artifact cannot be used: unknown schema version, bad field, or edited content."""
