@@ -23,6 +23,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
+    from pipeline.cli import budgets, forecast, ops, pricing
     from pipeline.cli import commands as c
 
     p = argparse.ArgumentParser(
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True)
     sp.add_argument("text", nargs="?", default="-", help="text, or - for stdin")
 
-    sp = cmd("budget", c.cmd_budget, "set, list or delete budgets")
+    sp = cmd("budget", budgets.cmd_budget, "set, list or delete budgets")
     sp.add_argument("action", choices=["set", "list", "delete"])
     sp.add_argument("id", nargs="?", help="budget id (set, delete)")
     sp.add_argument("--tenant")
@@ -107,32 +108,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-forecast", action="store_true")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("breaches", c.cmd_breaches, "show budget breaches as they arrive")
+    sp = cmd("breaches", budgets.cmd_breaches, "show budget breaches as they arrive")
     sp.add_argument("--follow", action="store_true")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("forecast", c.cmd_forecast, "forecast every budget's period-end spend once")
+    sp = cmd("forecast", forecast.cmd_forecast, "forecast every budget's period-end spend once")
     sp.add_argument("--budget", metavar="ID")
     sp.add_argument("--json", action="store_true", help="one JSON object per budget")
 
-    sp = cmd("dlq", c.cmd_dlq, "dead letters: counts by reason, replay those that now validate")
+    sp = cmd("dlq", ops.cmd_dlq, "dead letters: counts by reason, replay those that now validate")
     sp.add_argument("action", choices=["list", "replay"])
     sp.add_argument("--reason", help="replay only this reason_code")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("export", c.cmd_export, "export the ledger (FinOps FOCUS 1.2)")
+    sp = cmd("export", ops.cmd_export, "export the ledger (FinOps FOCUS 1.2)")
     sp.add_argument("format", choices=["focus"])
     sp.add_argument("--from", dest="date_from", required=True, metavar="DATE")
     sp.add_argument("--to", dest="date_to", required=True, metavar="DATE")
     sp.add_argument("file", help="output .csv or .parquet")
 
-    sp = cmd("reprice", c.cmd_reprice, "recompute stored costs after a catalog correction")
+    sp = cmd("reprice", ops.cmd_reprice, "recompute stored costs after a catalog correction")
     sp.add_argument("--from", dest="date_from", required=True, metavar="DATE")
     sp.add_argument("--to", dest="date_to", required=True, metavar="DATE")
     sp.add_argument("--dry-run", action="store_true")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("report", c.cmd_report, "a tenant's spend summary (terminal or --html FILE)")
+    sp = cmd("report", ops.cmd_report, "a tenant's spend summary (terminal or --html FILE)")
     sp.add_argument("--tenant", required=True)
     sp.add_argument("--period", default="month", choices=["day", "week", "month"])
     sp.add_argument("--html", metavar="FILE")
@@ -141,11 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--quick", action="store_true", help="smaller workloads")
 
-    sp = cmd("prices", c.cmd_prices, "the price catalog")
+    sp = cmd("prices", pricing.prices_command, "the price catalog")
     sp.add_argument("action", choices=["list", "show", "import"])
     sp.add_argument("arg", nargs="?", help="MODEL for show, FILE for import")
     sp.add_argument("--effective-from", metavar="DATE", help="for import")
     sp.add_argument("--json", action="store_true")
+
+    from pipeline.cli import router as router_cli
+
+    router_cli.register(sub, _common)
     return p
 
 
@@ -157,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        code = int(args.func(args) or 0)
+        from pipeline.cli.commands import settings_from
+
+        # settings built once, here; every command gets them (parse -> command)
+        code = int(args.func(args, settings_from(args)) or 0)
     except TokenmeterError as exc:
         print(f"tokenmeter: error: {exc}", file=sys.stderr)
         return 1

@@ -12,10 +12,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline.core.budgets import Budget
-from pipeline.errors import BrokerError, ConfigError, TokenmeterError
+from pipeline.errors import ConfigError, TokenmeterError
 from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, Settings
 from pipeline.stream.budget_feed import Parsed, decode_budget, parse_budget
-from pipeline.stream.topics import ensure_topics, kafka_client_options, kafka_producer_options
+from pipeline.stream.topics import ensure_topics, kafka_client_options, kafka_producer
 from pipeline.web.budgets_api import validation_message
 
 SCOPES = ("project_id", "user_id", "feature", "model", "task_type")
@@ -57,17 +57,8 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
 
 
 async def _send(settings: Settings, key: str, value: bytes | None) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    await ensure_topics(settings)
-    producer = AIOKafkaProducer(**kafka_producer_options(settings))
-    try:
-        await producer.start()
+    async with kafka_producer(settings, "publish the budget") as producer:
         await producer.send_and_wait(settings.topic(TOPIC_BUDGETS), value, key=key.encode())
-    except OSError as exc:
-        raise BrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
-    finally:
-        await producer.stop()
 
 
 async def read_topic(settings: Settings, name: str, *, follow: bool = False,
@@ -145,7 +136,11 @@ def stored_failures(settings: Settings) -> dict[str, str]:
 
 
 def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
-    """set | list | delete."""
+    """Budgets on the compacted budgets topic: set | list | delete."""
+    if args.action in ("set", "delete") and not args.id:
+        raise ConfigError(f"usage: tokenmeter budget {args.action} ID ...")
+    if args.action == "set" and (not args.tenant or args.limit is None):
+        raise ConfigError("budget set needs --tenant and --limit")
     if args.action == "set":
         budget = budget_from_args(args)
         asyncio.run(_send(settings, budget.budget_id, budget.model_dump_json().encode()))

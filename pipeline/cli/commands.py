@@ -48,11 +48,10 @@ def _now(settings: Settings | None = None) -> datetime:
     return clock_for(settings.clock_start if settings is not None else None)()
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     """Whole stack in the foreground."""
     from pipeline.runtime.worker import run_worker
 
-    settings = settings_from(args)
     if args.workers > 1:
         from pipeline.runtime.cluster import run_cluster
 
@@ -65,19 +64,17 @@ def cmd_up(args: argparse.Namespace) -> int:
                       demo_rate=args.demo_rate, banner=banner)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """One worker against configured Kafka and ClickHouse."""
     from pipeline.runtime.worker import run_worker
 
-    settings = settings_from(args)
     return run_worker(settings, banner=f"tokenmeter worker: API {settings.web_url}")
 
 
-def cmd_broker(args: argparse.Namespace) -> int:
+def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     """Only the embedded broker, until interrupted."""
     from pipeline.embedded.broker import EmbeddedBroker, interrupt_on_sigterm
 
-    settings = settings_from(args)
     host, port = settings.broker_address()
     broker = EmbeddedBroker(host, port)
     interrupt_on_sigterm()
@@ -92,12 +89,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
         broker.stop()
 
 
-def cmd_clickhouse(args: argparse.Namespace) -> int:
+def cmd_clickhouse(args: argparse.Namespace, settings: Settings) -> int:
     """Only the embedded ClickHouse (chDB), served over ClickHouse's HTTP interface."""
     from pipeline.embedded.broker import interrupt_on_sigterm
     from pipeline.runtime.cluster import EmbeddedClickHouse
 
-    settings = settings_from(args)
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit():
         raise ConfigError(f"--listen {args.listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8123")
@@ -118,12 +114,12 @@ def cmd_clickhouse(args: argparse.Namespace) -> int:
         server.stop()
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """Apply sql/ migrations."""
     from pipeline.store.client import open_store
     from pipeline.store.migrations import migrate
 
-    store = open_store(settings_from(args))
+    store = open_store(settings)
     try:
         applied = migrate(store)
     finally:
@@ -153,11 +149,11 @@ def run_query(settings: Settings, sql: str) -> tuple[list[str], list[list[Any]]]
     return result.columns, result.rows
 
 
-def cmd_query(args: argparse.Namespace) -> int:
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     """One read-only SQL query."""
     from pipeline.cli.output import print_rows
 
-    columns, rows = run_query(settings_from(args), args.sql)
+    columns, rows = run_query(settings, args.sql)
     print_rows(columns, rows, args.format)
     return 0
 
@@ -171,11 +167,10 @@ def _meter(settings: Settings | None = None) -> Any:
     return Meter(load_catalog_with_overlays(prices), load_policy())
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     """One JSON verdict per line: {line, ok, reason_code, detail}."""
     from pipeline.core.validate import decode_message
 
-    settings = settings_from(args)
     meter = _meter(settings)
     now = _now(settings)
     bad = 0
@@ -195,11 +190,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def cmd_produce(args: argparse.Namespace) -> int:
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     """Validate then publish JSONL events; rejects are reported with line numbers."""
     from pipeline.cli.publish import publish_events
 
-    settings = settings_from(args)
     meter = _meter(settings)
     now = _now(settings)
     good: list[dict[str, Any]] = []
@@ -221,13 +215,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 1 if rejected else 0
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     """Synthetic traffic at a steady rate with a progress display."""
     from pipeline.cli.publish import simulate
 
     if args.tenants < 1 or args.rate <= 0 or args.duration <= 0:
         raise ConfigError("--tenants, --rate and --duration must be positive")
-    settings = settings_from(args)
     started = time.monotonic()
     sent = asyncio.run(simulate(settings, tenants=args.tenants, rate=args.rate,
                                 duration=args.duration, seed=args.seed, batch=args.batch))
@@ -237,20 +230,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_price(args: argparse.Namespace) -> int:
+def cmd_price(args: argparse.Namespace, settings: Settings) -> int:
     """Price one call or a JSONL file of events."""
     from pipeline.cli.pricing import price_events, price_one
 
     if args.events:
-        settings = settings_from(args)
-        return price_events(_meter(settings), _lines(args.events), _now(settings))
+            return price_events(_meter(settings), _lines(args.events), _now(settings))
     if not args.model:
         raise ConfigError("give --model (and token counts), or --events FILE")
-    settings = settings_from(args)
     return price_one(args, _now(settings), settings.prices_dir)
 
 
-def cmd_tokens(args: argparse.Namespace) -> int:
+def cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
     """Count tokens of text offline."""
     from pipeline.core.tokens import TokenCounter
 
@@ -262,67 +253,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prices(args: argparse.Namespace) -> int:
-    """List, show or import catalog prices."""
-    from pipeline.cli.pricing import prices_command
-
-    return prices_command(args, settings_from(args))
-
-
-def cmd_budget(args: argparse.Namespace) -> int:
-    """Budgets on the compacted budgets topic."""
-    from pipeline.cli.budgets import cmd_budget as run
-
-    if args.action in ("set", "delete") and not args.id:
-        raise ConfigError(f"usage: tokenmeter budget {args.action} ID ...")
-    if args.action == "set" and (not args.tenant or args.limit is None):
-        raise ConfigError("budget set needs --tenant and --limit")
-    return run(args, settings_from(args))
-
-
-def cmd_breaches(args: argparse.Namespace) -> int:
-    """Breaches from the budget-breaches topic."""
-    from pipeline.cli.budgets import cmd_breaches as run
-
-    return run(args, settings_from(args))
-
-
-def cmd_forecast(args: argparse.Namespace) -> int:
-    """Run the forecast job once."""
-    from pipeline.cli.forecast import cmd_forecast as run
-
-    return run(args, settings_from(args))
-
-
-def cmd_dlq(args: argparse.Namespace) -> int:
-    """Dead-letter queue."""
-    from pipeline.cli.ops import cmd_dlq as run
-
-    return run(args, settings_from(args))
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """FOCUS export."""
-    from pipeline.cli.ops import cmd_export as run
-
-    return run(args, settings_from(args))
-
-
-def cmd_reprice(args: argparse.Namespace) -> int:
-    """Re-pricing."""
-    from pipeline.cli.ops import cmd_reprice as run
-
-    return run(args, settings_from(args))
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """Tenant report."""
-    from pipeline.cli.ops import cmd_report as run
-
-    return run(args, settings_from(args))
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     """Benchmarks; figures are ratios against baselines run in the same run."""
     from pipeline.benchmark.suite import run_all
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.clock import clock_for
 from pipeline.core.budgets import Budget
-from pipeline.errors import BrokerError, ConfigError
+from pipeline.errors import ConfigError
 from pipeline.settings import TOPIC_BREACHES, Settings
 
 
@@ -51,18 +51,9 @@ def _direct(settings: Settings, budget_id: str | None) -> dict[str, Any]:
 
 
 async def _publisher(settings: Settings) -> tuple[Any, Any]:
-    from aiokafka import AIOKafkaProducer
+    from pipeline.stream.topics import start_producer
 
-    from pipeline.stream.topics import kafka_producer_options
-
-    producer = AIOKafkaProducer(**kafka_producer_options(settings))
-    try:
-        await producer.start()
-    except Exception as exc:
-        await producer.stop()
-        raise BrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap} to publish "
-                          f"forecast breaches ({type(exc).__name__}); start it or set "
-                          "TOKENMETER_KAFKA_BOOTSTRAP") from None
+    producer = await start_producer(settings, "publish forecast breaches")
 
     async def publish(b: Any) -> None:
         await producer.send_and_wait(settings.topic(TOPIC_BREACHES),

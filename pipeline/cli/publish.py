@@ -8,23 +8,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.errors import BrokerError
 from pipeline.settings import TOPIC_EVENTS, Settings
-from pipeline.stream.topics import ensure_topics, kafka_producer_options
+from pipeline.stream.topics import start_producer
 
 
 async def _producer(settings: Settings) -> Any:
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaError
-
-    await ensure_topics(settings)
-    producer = AIOKafkaProducer(linger_ms=5, **kafka_producer_options(settings))
-    try:
-        await producer.start()
-    except (KafkaError, OSError) as exc:
-        await producer.stop()
-        raise BrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
-    return producer
+    return await start_producer(settings, "publish usage events")
 
 
 def envelopes(events: Sequence[dict[str, Any]], batch: int) -> list[tuple[bytes, bytes]]:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from pipeline.core.budgets import Budget, Period, period_bounds
 from pipeline.core.simulate import Simulator
 from pipeline.settings import TOPIC_EVENTS, Settings
-from pipeline.stream.topics import kafka_producer_options
+from pipeline.stream.topics import start_producer
 
 log = logging.getLogger(__name__)
 HISTORY_DAYS = 21
@@ -43,13 +43,11 @@ def demo_budgets(spend: dict[str, Decimal], now: datetime) -> list[Budget]:
 
 def add_demo_traffic(runtime: Any, settings: Settings, rate: float) -> None:
     """Register the demo task on the worker's app."""
-    from aiokafka import AIOKafkaProducer
 
     async def demo() -> None:
         while not runtime.ready:
             await asyncio.sleep(0.2)
-        producer = AIOKafkaProducer(linger_ms=20, **kafka_producer_options(settings))
-        await producer.start()
+        producer = await start_producer(settings, "send demo traffic", linger_ms=20)
         topic = settings.topic(TOPIC_EVENTS)
         try:
             await backfill(producer, topic)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,7 @@ async def reprice(ctx: OpContext, body: dict[str, Any]) -> dict[str, Any]:
 
 async def report(ctx: OpContext, body: dict[str, Any]) -> dict[str, Any]:
     """Spend summary data of one tenant for the current period."""
-    from pipeline.cli.report import report_data
+    from pipeline.store.report import report_data
 
     tenant = body.get("tenant")
     if not tenant:
@@ -182,14 +182,10 @@ async def run_local(settings: Settings, name: str, body: dict[str, Any]) -> dict
         await asyncio.to_thread(migrate, store)
         publish: Publish | None = None
         if name == "dlq_replay":
-            from aiokafka import AIOKafkaProducer
-
             from pipeline.settings import TOPIC_EVENTS
-            from pipeline.stream.topics import ensure_topics, kafka_producer_options
+            from pipeline.stream.topics import start_producer
 
-            await ensure_topics(settings)
-            producer = AIOKafkaProducer(**kafka_producer_options(settings))
-            await producer.start()
+            producer = await start_producer(settings, "replay dead letters")
             topic = settings.topic(TOPIC_EVENTS)
             sender = producer
 
@@ -202,15 +198,3 @@ async def run_local(settings: Settings, name: str, body: dict[str, Any]) -> dict
         if producer is not None:
             await producer.stop()
         store.close()
-
-
-def period_start(period: str, now: datetime) -> datetime:
-    """Start of the current UTC day, week or month (reports)."""
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == "day":
-        return day
-    if period == "week":
-        return day - timedelta(days=day.weekday())
-    if period == "month":
-        return day.replace(day=1)
-    raise ConfigError(f"--period {period!r}: use day, week or month")

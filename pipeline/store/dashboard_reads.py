@@ -11,6 +11,7 @@ from pipeline.core.budgets import Budget
 from pipeline.core.dashboard import ForecastLine
 from pipeline.store.client import Store
 from pipeline.store.queries import json_safe
+from pipeline.store.report import utc_period_start
 
 
 def _utc(ts: datetime) -> datetime:
@@ -24,8 +25,8 @@ def _json_rows(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
 def overview(store: Store, now: datetime) -> dict[str, Any]:
     """Spend today and this month (UTC), top tenants, breaches in 24 h, dead letters by reason."""
     db = store.database
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    month = day.replace(day=1)
+    day = utc_period_start("day", now)
+    month = utc_period_start("month", now)
     p = {"day": day, "month": month, "since": now - timedelta(hours=24)}
     today, month_cost, today_events, month_events = store.rows(
         f"SELECT sumIf(total_cost, hour >= %(day)s), sum(total_cost), "

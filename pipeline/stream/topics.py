@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from pipeline.errors import BrokerError
@@ -46,6 +48,34 @@ def kafka_producer_options(settings: Settings) -> dict[str, Any]:
     if settings.producer_compression != "none":
         opts["compression_type"] = settings.producer_compression
     return opts
+
+
+async def start_producer(settings: Settings, purpose: str, *, linger_ms: int = 5) -> Any:
+    """A started aiokafka producer (topics ensured); BrokerError naming ``purpose`` if not."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(linger_ms=linger_ms, **kafka_producer_options(settings))
+    try:
+        await producer.start()
+    except (KafkaError, OSError) as exc:
+        await producer.stop()
+        raise BrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap} to {purpose} "
+                          f"({type(exc).__name__}: {exc}); start it (tokenmeter up) or set "
+                          "TOKENMETER_KAFKA_BOOTSTRAP") from None
+    return producer
+
+
+@asynccontextmanager
+async def kafka_producer(settings: Settings, purpose: str, *,
+                         linger_ms: int = 5) -> AsyncIterator[Any]:
+    """``start_producer`` as a context: the producer is stopped (flushed) on exit."""
+    producer = await start_producer(settings, purpose, linger_ms=linger_ms)
+    try:
+        yield producer
+    finally:
+        await producer.stop()
 
 
 async def ensure_topics(settings: Settings, timeout: float = 10.0) -> list[str]:

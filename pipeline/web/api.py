@@ -136,13 +136,9 @@ def register_ops_view(app: Any, runtime: Any) -> None:
 
     from pipeline.errors import TokenmeterError
     from pipeline.runtime.ops import OPS, OpContext, export_focus_bytes
-    from pipeline.settings import TOPIC_EVENTS
-
-    events = app.topic(runtime.settings.topic(TOPIC_EVENTS), key_type=bytes, value_type=bytes,
-                       key_serializer="raw", value_serializer="raw")
-
     async def publish(key: str, value: bytes) -> None:
-        fut = await events.send(key=key.encode(), value=value)
+        # the agent's own events topic (declared once, in stream.app)
+        fut = await runtime.events_topic.send(key=key.encode(), value=value)
         await fut
 
     async def refresh_live_state() -> None:
