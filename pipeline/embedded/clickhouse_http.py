@@ -12,6 +12,14 @@ header (DNS rebinding sends the attacker's name), no browser headers (``Origin``
 ``Sec-Fetch-Site``), the run's credential (HTTP basic auth or ``X-ClickHouse-Key``, as
 clickhouse-connect sends it), read-only statements only over GET, and no functions that reach
 files or the network in any statement.
+
+The credential's holder is not trusted with the machine either: every statement (an insert's
+statement part included) is checked twice, by ClickHouse's lexer rules (``sql_guard.bare``) and
+by ClickHouse's own parse (``EXPLAIN AST``, after ``formatQuery`` proved it one statement), and
+only an allow-list runs: reads, inserts into tables, and the DDL the workers send (MergeTree
+family, Memory or Null tables, views, Atomic databases). chDB's ``default`` database is
+clickhouse-local's, where a table name can be a file, so it is not served: requests without a
+database run in ``system``.
 """
 
 from __future__ import annotations
@@ -56,6 +64,11 @@ _FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _SET = re.compile(r"^\s*SET\s+(.+?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
 _CODE = re.compile(r"Code:\s*(\d+)")
 _MAX_CONNECTIONS = 16
+_MAX_VERDICTS = 512
+_DATABASE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# chDB's `default` database reads files named like tables, so requests without a database
+# run in `system` (the workers name every table with its database anyway)
+NO_DATABASE = "system"
 _LOOPBACK_HOST = re.compile(r"(?:127\.0\.0\.1|localhost|\[::1\])(?::\d{1,5})?", re.I)
 # headers only browsers send: a request carrying one came from a web page, whatever it says
 BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site")
@@ -121,9 +134,13 @@ def request_refusal(method: str, path: str, headers: Mapping[str, str], secret: 
 
 
 def statement_refusal(sql: str, method: str) -> RequestRefused | None:
-    """Why a statement must not run: I/O functions anywhere, anything but a read over GET."""
+    """Why a statement must not run, by its text: one statement only, no I/O functions
+    anywhere, nothing but a read over GET (the parse-level check follows in ``Server``)."""
     try:
-        bare = sql_guard.bare(sql)
+        bare = sql_guard.bare(sql).strip()
+        if ";" in bare.rstrip(";"):
+            # chDB runs every statement of a multi-statement text
+            raise QueryRefused("only one statement per request is allowed")
         io = sql_guard.io_refusal(bare)
         if io is not None:
             return RequestRefused(403, f"{io} on the served store")
@@ -136,6 +153,40 @@ def statement_refusal(sql: str, method: str) -> RequestRefused | None:
             return RequestRefused(405, f"{exc}; GET runs read-only statements only, send "
                                        "others by POST")
         return RequestRefused(403, f"{exc} on the served store")
+    return None
+
+
+def parsed_refusal(sql: str, explain_ast: str, method: str) -> RequestRefused | None:
+    """Why a statement must not run, by ClickHouse's parse of it (``EXPLAIN AST`` output)."""
+    try:
+        refusal = sql_guard.served_refusal(sql_guard.bare(sql), explain_ast, method)
+    except QueryRefused as exc:
+        refusal = str(exc)
+    if refusal is None:
+        return None
+    if method != "POST" and "read-only" in refusal:
+        return RequestRefused(405, f"{refusal}; send others by POST")
+    where = "" if "served store" in refusal else " on the served store"
+    return RequestRefused(403, f"{refusal}{where}")
+
+
+def database_refusal(database: str) -> RequestRefused | None:
+    """Why a request's ``database`` parameter may not be used (it becomes a ``USE``)."""
+    if not _DATABASE.fullmatch(database):
+        return RequestRefused(400, f"database {database[:80]!r} is not a plain name "
+                                   "(letters, digits, _)")
+    if database == "default":
+        return RequestRefused(403, "the `default` database is not served: in chDB it reads "
+                                   "files named like tables; use tokenmeter's database")
+    return None
+
+
+def settings_refusal(settings: Mapping[str, str]) -> RequestRefused | None:
+    """Why settings sent with a request (URL parameters or a session SET) may not be used."""
+    for name in settings:
+        refusal = sql_guard.setting_refusal(name)
+        if refusal is not None:
+            return RequestRefused(403, f"{refusal} on the served store")
     return None
 
 
@@ -233,6 +284,18 @@ class Engine:
         with self.lock:
             return self._conn(database, settings).query(sql, fmt, params=params)
 
+    def explain(self, sql: str, *, database: str, settings: dict[str, str],
+                params: dict[str, str]) -> str:
+        """ClickHouse's parse of ``sql`` (``EXPLAIN AST``), which must be one statement."""
+        with self.lock:
+            conn = self._conn(database, settings)
+            # formatQuery takes the text as a bound string: it parses, never runs, and
+            # refuses a second statement that EXPLAIN AST would run
+            conn.query("SELECT formatQuery({q:String})", "TSVRaw",
+                       params={"q": escape_param(sql)})
+            result = conn.query(f"EXPLAIN AST {sql}", "TSVRaw", params=params)
+            return str(result.bytes().decode())
+
     def insert(self, target: str, data: bytes, fmt: str, *, database: str,
                settings: dict[str, str]) -> Any:
         """``INSERT INTO t (cols)`` with ``data`` in ``fmt`` (chDB reads it from a file)."""
@@ -252,6 +315,12 @@ class Engine:
                 conn.close()
             self._conns.clear()
             self._root.close()
+
+
+def escape_param(value: str) -> str:
+    """A query parameter value as ClickHouse reads one (the escaped text format)."""
+    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r").replace("\0", "\\0"))
 
 
 def repr_path(path: str) -> str:
@@ -351,6 +420,29 @@ class Server(ThreadingHTTPServer):
         self.engine = engine
         self.secret = secret
         self.hint = hint  # where an operator finds the credential (never the credential)
+        # parse verdicts of statements seen before: the sink sends the same insert each batch
+        self._verdicts: OrderedDict[tuple[str, str, str], RequestRefused | None] = OrderedDict()
+        self._verdicts_lock = threading.Lock()
+
+    def check(self, sql: str, method: str, *, database: str, settings: dict[str, str],
+              params: dict[str, str]) -> None:
+        """Raise RequestRefused unless ``sql`` passes the textual and the parse-level checks."""
+        key = (sql, method, database)
+        with self._verdicts_lock:
+            known = key in self._verdicts
+            verdict = self._verdicts.get(key)
+        if not known:
+            verdict = statement_refusal(sql, method)
+            if verdict is None:
+                ast = self.engine.explain(sql, database=database, settings=settings,
+                                          params=params)
+                verdict = parsed_refusal(sql, ast, method)
+            with self._verdicts_lock:
+                self._verdicts[key] = verdict
+                while len(self._verdicts) > _MAX_VERDICTS:
+                    self._verdicts.popitem(last=False)
+        if verdict is not None:
+            raise verdict
 
     def close(self) -> None:
         """Stop serving and close the engine's connections."""
@@ -363,36 +455,48 @@ class Server(ThreadingHTTPServer):
         if method != "POST" and body:
             raise RequestRefused(405, "GET carries no body; send statements with data by POST")
         query = params.get("query")
-        database = params.get("database", "")
+        database = params.get("database") or NO_DATABASE
+        refusal = database_refusal(database)
+        if refusal is not None:
+            raise refusal
         session = params.get("session_id")
         settings = dict(self.engine.sessions.get(session, {})) if session else {}
         settings.update({k: v for k, v in params.items()
                          if k not in PROTOCOL_PARAMS and not k.startswith("param_")})
+        if method != "POST":
+            settings["readonly"] = "1"  # as ClickHouse runs a GET, should the check miss one
+        refusal = settings_refusal(settings)
+        if refusal is not None:
+            raise refusal
         binds = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
         text = (query.encode() + (b"\n" + body if body else b"")) if query else body
         insert = split_insert(text)
         if insert is not None and insert[3].strip():
             target, inline, fmt, data = insert
-            # the data is not SQL; the statement around it is
-            refusal = statement_refusal(f"{target} SETTINGS {inline}" if inline else target,
-                                        method)
-            if refusal is not None:
-                raise refusal
+            # the data is not SQL; the statement around it is, checked as it will run
+            # (the server adds FROM INFILE for the data itself)
+            clause = f" SETTINGS {inline}" if inline else ""
+            self.check(f"{target}{clause} FORMAT {fmt}", method, database=database,
+                       settings=settings, params=binds)
             if inline:
-                settings.update(parse_set("SET " + inline) or {})
+                extra = parse_set("SET " + inline) or {}
+                refusal = settings_refusal(extra)
+                if refusal is not None:
+                    raise refusal
+                settings.update(extra)
             result = self.engine.insert(target, data, fmt, database=database, settings=settings)
             return 200, (b"", _summary(result, written=True)), None
         sql = text.decode()
-        refusal = statement_refusal(sql, method)
-        if refusal is not None:
-            raise refusal
-        if method != "POST":
-            settings["readonly"] = "1"  # as ClickHouse runs a GET, should the check miss one
         assignments = parse_set(sql)
         if assignments is not None:
+            # kept for the session's later statements, never run here
+            refusal = statement_refusal(sql, method) or settings_refusal(assignments)
+            if refusal is not None:
+                raise refusal
             if session:
                 self.engine.sessions.setdefault(session, {}).update(assignments)
             return 200, (b"", {}), None
+        self.check(sql, method, database=database, settings=settings, params=binds)
         m = _FORMAT.search(sql)
         fmt = m.group(1) if m else params.get("default_format", "TabSeparated")
         result = self.engine.query(sql, database=database, settings=settings, params=binds,

@@ -158,7 +158,6 @@ def test_ping_needs_no_credential_but_a_loopback_host() -> None:
     "TRUNCATE TABLE tokenmeter.usage_events",
     "ALTER TABLE tokenmeter.usage_events DELETE WHERE 1",
     "SET readonly = 0",
-    "SELECT 1; DROP TABLE tokenmeter.usage_events",
 ])
 def test_get_runs_read_only_statements_only(sql: str) -> None:
     refusal = statement_refusal(sql, "GET")
@@ -246,3 +245,136 @@ def test_workers_get_the_credential_as_their_clickhouse_password(tmp_path, monke
     assert worker.clickhouse_password is not None
     assert worker.clickhouse_password.get_secret_value() == SECRET.get_secret_value()
     assert SECRET.get_secret_value() not in repr(worker)
+
+
+# --- what a credential holder may run: an allow-list judged by ClickHouse's own parse ------
+
+def _verdict(store, sql: str, method: str = "POST"):
+    """The served store's verdict on ``sql``: its textual check, then the parse check."""
+    from pipeline.embedded.clickhouse_http import RequestRefused, parsed_refusal
+
+    refusal = statement_refusal(sql, method)
+    if refusal is not None:
+        return refusal
+    try:
+        ast = str(store.command(f"EXPLAIN AST {sql}"))
+    except Exception as exc:  # the engine cannot even parse it (RabbitMQ is not built in)
+        return RequestRefused(500, str(exc))
+    return parsed_refusal(sql, ast, method)
+
+
+SERVED_REFUSED = [
+    # lexer tricks (nested comments, $ in names) around I/O functions and file clauses
+    "SELECT /* /* */ ' */ file('/etc/hostname') AS c",
+    "SELECT 1 AS x$a$, file('/etc/hostname') AS y$a$",
+    "SELECT 1 /* /* */ ' */ INTO OUTFILE '/tmp/x.txt' --'",
+    "INSERT INTO FUNCTION /* /* */ ' */ file('/tmp/x.txt', 'CSV', 'a String') --'\nVALUES ('x')",
+    "INSERT INTO FUNCTION null('a Int8') VALUES (1)",
+    "SELECT 1; CREATE DATABASE fsdb ENGINE = Filesystem('/etc')",
+    # databases, dictionaries and tables that reach files, processes or the network
+    "CREATE DATABASE fsdb ENGINE = Filesystem('/etc')",
+    "CREATE DATABASE d ENGINE = Lazy(1)",
+    "CREATE DATABASE d ENGINE = MySQL('h:3306', 'db', 'u', 'p')",
+    "CREATE DICTIONARY dx (a String) PRIMARY KEY a SOURCE(EXECUTABLE_POOL(command 'id' "
+    "format 'TSV')) LAYOUT(FLAT()) LIFETIME(0)",
+    "CREATE DICTIONARY dh (a String) PRIMARY KEY a SOURCE(HTTP(url 'http://127.0.0.1:1/' "
+    "format 'TSV')) LAYOUT(COMPLEX_KEY_HASHED()) LIFETIME(0)",
+    "CREATE TABLE t (a String) ENGINE = FileLog('/etc/hostname', 'LineAsString')",
+    "CREATE TABLE t (a String) ENGINE = S3Queue('http://x/*', 'CSV')",
+    "CREATE TABLE t (a String) ENGINE = Kafka('h:9092', 't', 'g', 'JSONEachRow')",
+    "CREATE TABLE t (a String) ENGINE = RabbitMQ SETTINGS rabbitmq_host_port = 'h:5672'",
+    "CREATE TABLE t (a String) ENGINE = NATS SETTINGS nats_url = 'h:4222'",
+    "CREATE TABLE t (a String) ENGINE = MaterializedPostgreSQL('h:5432', 'd', 't', 'u', 'p')",
+    "CREATE TABLE t (a String) ENGINE = ExecutablePool('id', 'TSV')",
+    "CREATE TABLE t (a String) ENGINE = Executable('id', 'TSV')",
+    "CREATE TABLE t (a String) ENGINE = URL('http://x/', 'CSV')",
+    "CREATE TABLE t (a String) ENGINE = File(CSV, '/etc/passwd')",
+    "CREATE TABLE t (a String) ENGINE = ReplicatedMergeTree('/zk/t', 'r') ORDER BY a",
+    "CREATE TABLE t (a String) ENGINE = Distributed('c', 'db', 't')",
+    "CREATE TABLE t (a Int8) ENGINE = MergeTree ORDER BY a "
+    "SETTINGS disk = disk(type = 'local', path = '/tmp/elsewhere/')",
+    "CREATE TABLE t AS numbers(10)",
+    "CREATE TABLE t AS default.`/etc/passwd`",
+    "CREATE FUNCTION f AS x -> x",
+    "CREATE USER u",
+    # clickhouse-local's default database reads a file named like a table
+    "SELECT * FROM '/etc/hostname'",
+    "SELECT * FROM `/etc/hostname`",
+    "SELECT * FROM default.`pyproject.toml`",
+    "INSERT INTO default.t VALUES (1)",
+    "DROP DATABASE default",
+    # backups, attach, system, access, settings that name files
+    "BACKUP TABLE tokenmeter.usage_events TO Disk('backups', '1.zip')",
+    "RESTORE TABLE tokenmeter.usage_events FROM Disk('backups', '1.zip')",
+    "ATTACH TABLE tokenmeter.x",
+    "DETACH TABLE tokenmeter.usage_events",
+    "SYSTEM FLUSH LOGS",
+    "SYSTEM RELOAD DICTIONARIES",
+    "KILL QUERY WHERE 1",
+    "GRANT ALL ON *.* TO default",
+    "ALTER TABLE tokenmeter.usage_events FETCH PARTITION 1 FROM '/zk/t'",
+    "ALTER TABLE tokenmeter.usage_events MOVE PARTITION 1 TO DISK 'd'",
+    "ALTER TABLE tokenmeter.usage_events FREEZE",
+    "SELECT 1 SETTINGS format_template_resultset = '/etc/passwd' FORMAT Template",
+]
+
+
+@pytest.mark.parametrize("sql", SERVED_REFUSED)
+def test_served_store_refuses_what_leaves_the_store(store, sql: str) -> None:
+    refusal = _verdict(store, sql)
+    assert refusal is not None, sql
+    assert refusal.status in (403, 405) or "UNKNOWN_STORAGE" in str(refusal), str(refusal)
+
+
+def _worker_statements(db: str) -> list[str]:
+    """Every statement tokenmeter's own processes send the store (migrations, sink, reprice)."""
+    from pipeline.store.migrations import discover
+
+    migrations = [s for m in discover() for s in m.statements(db)]
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
+        "applied_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY version",
+        *migrations,
+        f"INSERT INTO `{db}`.`usage_events` (`event_id`, `tenant_id`) FORMAT Native",
+        f"INSERT INTO {db}.usage_daily (tenant_id) SETTINGS insert_deduplication_token = 'x' "
+        "FORMAT RowBinary",
+        f"CREATE TABLE {db}.reprice_staging_ab12 AS {db}.usage_events",
+        f"TRUNCATE TABLE {db}.reprice_staging_ab12",
+        f"SELECT DISTINCT _partition_id FROM {db}.reprice_staging_ab12",
+        f"ALTER TABLE {db}.usage_events ATTACH PARTITION ID '202501' FROM "
+        f"{db}.reprice_staging_ab12",
+        f"DROP TABLE IF EXISTS {db}.reprice_staging_ab12 SYNC",
+        f"ALTER TABLE {db}.usage_events DELETE WHERE tenant_id = 'x'",
+        f"DELETE FROM {db}.usage_events WHERE tenant_id = 'x'",
+        f"OPTIMIZE TABLE {db}.usage_events FINAL",
+        f"EXCHANGE TABLES {db}.usage_hourly AND {db}.usage_daily",
+        f"CREATE DATABASE {db}_2 ENGINE = Atomic",
+        f"CREATE TABLE {db}.m (a Int8) ENGINE = Memory",
+        f"DROP DATABASE IF EXISTS {db}_2",
+        f"SELECT count() FROM {db}.usage_events FINAL FORMAT Native",
+        "SELECT version(), timezone()",
+    ]
+
+
+def test_served_store_runs_what_the_workers_send(store) -> None:
+    for sql in _worker_statements("tokenmeter"):
+        assert _verdict(store, sql) is None, sql
+
+
+@pytest.mark.parametrize("database", ["default", "x`; DROP DATABASE tokenmeter; --", "a b", ""])
+def test_database_parameter_is_a_plain_name_and_not_default(database: str) -> None:
+    from pipeline.embedded.clickhouse_http import database_refusal
+
+    refusal = database_refusal(database)
+    assert refusal is not None and refusal.status in (400, 403)
+    assert database_refusal("tokenmeter") is None
+
+
+def test_settings_that_name_files_are_refused() -> None:
+    from pipeline.embedded.clickhouse_http import settings_refusal
+
+    for name in ("format_schema", "format_template_resultset", "output_format_schema"):
+        refusal = settings_refusal({name: "/etc/passwd"})
+        assert refusal is not None and refusal.status == 403
+    assert settings_refusal({"max_threads": "1", "insert_deduplication_token": "t"}) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import signal
@@ -174,6 +175,84 @@ def test_served_store_cannot_be_driven_by_a_web_page(served: Served, http_store:
     assert http_store.rows("SELECT 1") == [(1,)]
     log = (served.data / "stderr.log").read_text()
     assert "refused" in log and pw not in log, "the credential reached the log"
+
+
+def test_served_store_lets_nothing_out_of_the_store(served: Served, http_store: Store,
+                                                     tmp_path: Path) -> None:
+    """With the credential, neither lexer tricks nor DDL reach files, processes or hosts."""
+    from urllib.parse import quote
+
+    pw = served.password
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top-secret\n")
+    out, out2 = tmp_path / "out.txt", tmp_path / "out2.txt"
+    reads = [  # a lexer that ends /* at the first */, or takes x$a$ for a heredoc, missed these
+        f"SELECT /* /* */ ' */ file('{secret}') AS c",
+        f"SELECT 1 AS x$a$, file('{secret}') AS y$a$",
+        f"SELECT * FROM '{secret}'",  # clickhouse-local's default database reads files
+        f"SELECT * FROM `{secret}`",
+    ]
+    for sql in reads:
+        for method in ("GET", "POST"):
+            status, body = _raw(served, sql, method=method, password=pw)
+            assert status in (403, 405) and "top-secret" not in body, (sql, method, body)
+    writes = [
+        f"SELECT 1 /* /* */ ' */ INTO OUTFILE '{out}' --'",
+        f"INSERT INTO FUNCTION /* /* */ ' */ file('{out2}', 'CSV', 'a String') --'\n"
+        "VALUES ('x')",
+        f"SELECT 1; SELECT 1 INTO OUTFILE '{out}'",
+        f"CREATE DATABASE fsdb ENGINE = Filesystem('{tmp_path}')",
+        "CREATE DICTIONARY dx (a String) PRIMARY KEY a SOURCE(EXECUTABLE_POOL(command 'id' "
+        "format 'TSV')) LAYOUT(FLAT()) LIFETIME(0)",
+        "CREATE DICTIONARY dh (a String) PRIMARY KEY a SOURCE(HTTP(url 'http://127.0.0.1:9/' "
+        "format 'TSV')) LAYOUT(COMPLEX_KEY_HASHED()) LIFETIME(0)",
+        f"CREATE TABLE {http_store.database}.fl (a String) ENGINE = File(LineAsString, "
+        f"'{secret}')",
+        f"BACKUP TABLE {http_store.database}.usage_events TO File('{out}')",
+        "SYSTEM FLUSH LOGS",
+    ]
+    for sql in writes:
+        status, body = _raw(served, sql, password=pw)
+        assert status in (403, 405), (sql, status, body)
+    assert not out.exists() and not out2.exists()
+    status, body = _raw(served, "SELECT * FROM fsdb.`secret.txt`", password=pw)
+    assert status != 200 and "top-secret" not in body
+    assert http_store.rows("SELECT count() FROM system.dictionaries") == [(0,)]
+    # the database parameter becomes a USE: a name only, never a second statement
+    injected = f"system`; CREATE DATABASE fsdb2 ENGINE = Filesystem('{tmp_path}'); --"
+    url = f"{served.dsn}/?database={quote(injected)}"
+    req = urllib.request.Request(url, method="POST", data=b"SELECT 1")
+    req.add_header("Authorization", "Basic " + base64.b64encode(f"default:{pw}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    assert status == 400
+    assert http_store.rows("SELECT count() FROM system.databases WHERE name LIKE 'fsdb%'") \
+        == [(0,)]
+
+
+def test_reprice_runs_on_the_served_store(http_store: Store) -> None:
+    """The worker's re-pricing statements (staging table, ATTACH PARTITION FROM) pass."""
+    from datetime import timedelta as td
+
+    from pipeline.store.reprice import reprice
+    from pipeline.store.sink import usage_row
+
+    now = clock_now()
+    p = METER.meter_object(Simulator(tenants=1, seed=5, text_share=0.0).event(now), now=now)
+    row = usage_row(p, late=False, partition=0, offset=1, ingested_at=now)
+    row[USAGE_COLUMNS.index("total_cost")] = p.total_cost + 1  # a wrong stored price
+    http_store.insert("usage_events", [row], USAGE_COLUMNS)
+    done = reprice(http_store, load_catalog(), now - td(days=1), now + td(days=1), now,
+                   dry_run=False)
+    assert done["events_repriced"] == 1
+    db = http_store.database
+    assert http_store.rows(f"SELECT sum(total_cost) FROM {db}.usage_events FINAL") \
+        == [(p.total_cost,)]
+    assert http_store.rows(f"SELECT count() FROM system.tables WHERE database = '{db}' "
+                           "AND name LIKE 'reprice_staging%'") == [(0,)]
 
 
 def _metrics(settings: Settings) -> dict[str, float]:
