@@ -4,17 +4,23 @@ chDB opens a data directory in one process only, so this process owns it and ser
 ClickHouse's HTTP interface; each worker is a `tokenmeter worker` subprocess with an
 ``http://`` DSN, exactly as it would run against a ClickHouse server.
 
-The served store takes one random credential per run: the workers get it as their ClickHouse
+The served store takes one random credential: the workers get it as their ClickHouse
 password (``TOKENMETER_CLICKHOUSE_PASSWORD``), and other local clients read it from a file
-only the operator's user can read; it is never printed or logged.
+only the operator's user can read; it is never printed or logged. A standalone
+``tokenmeter clickhouse`` keeps that file and reuses it when it restarts (workers still
+running keep their password; a new one would fail every request with 516, which the sink
+treats as terminal); delete the file to rotate it. ``up`` starts its workers itself, so its
+credential lives for one run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -31,11 +37,25 @@ from pipeline.settings import Settings, parse_dsn
 from pipeline.store.client import lock_data_dir
 
 CREDENTIAL_FILE = "clickhouse-http.credential"
+_SECRET = re.compile(r"[A-Za-z0-9_-]{32,}")  # what new_secret() writes (and no weaker)
 
 
 def new_secret() -> SecretStr:
     """A fresh random credential for one run of the served store."""
     return SecretStr(secrets.token_urlsafe(32))
+
+
+def read_secret(path: Path) -> SecretStr | None:
+    """The credential in ``path`` if it is this user's own private (0600) well-formed file."""
+    try:
+        info = path.lstat()
+        if (not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid()
+                or info.st_mode & 0o077):
+            return None  # a link, someone else's, or readable by others: not trusted
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return SecretStr(text) if _SECRET.fullmatch(text) else None
 
 
 def write_secret(path: Path, secret: SecretStr) -> None:
@@ -55,12 +75,13 @@ def write_secret(path: Path, secret: SecretStr) -> None:
 class EmbeddedClickHouse:
     """The embedded chDB store of ``settings``, served over HTTP at ``host:port``.
 
-    Only clients holding ``secret`` (random unless given) are served; it is written to
-    ``secret_file`` under the data dir while the store runs.
+    Only clients holding ``secret`` are served: the one given, else the one a previous run
+    left in ``secret_file`` (if private and well-formed), else a new random one. It is
+    written to ``secret_file`` under the data dir; ``keep_secret=False`` removes it at stop.
     """
 
     def __init__(self, settings: Settings, host: str, port: int,
-                 secret: SecretStr | None = None) -> None:
+                 secret: SecretStr | None = None, *, keep_secret: bool = True) -> None:
         dsn = parse_dsn(settings.dsn)
         if dsn.scheme != "chdb" or dsn.path is None:
             raise ConfigError(
@@ -74,8 +95,11 @@ class EmbeddedClickHouse:
             raise ConfigError(f"{host}:{port} is already in use; pick another with --listen")
         self.path = Path(dsn.path)
         self.host, self.port = host, port
-        self.secret = secret if secret is not None else new_secret()
         self.secret_file = settings.data_dir.resolve() / CREDENTIAL_FILE
+        if secret is None:
+            secret = read_secret(self.secret_file) or new_secret()
+        self.secret = secret
+        self.keep_secret = keep_secret
         self._lock: Any = None
         self._server: Server | None = None
 
@@ -101,9 +125,10 @@ class EmbeddedClickHouse:
             self._server.close()
             self._server = None
         if self._lock is not None:
-            # the credential dies with the run; a later run writes its own
-            with contextlib.suppress(OSError):
-                self.secret_file.unlink()
+            if not self.keep_secret:
+                # this run's workers stopped with it: a later run writes its own
+                with contextlib.suppress(OSError):
+                    self.secret_file.unlink()
             self._lock.close()
             self._lock = None
 
@@ -152,7 +177,8 @@ def run_cluster(settings: Settings, workers: int, *, embedded_broker: bool, demo
             broker = EmbeddedBroker(host, port, log_path=settings.data_dir / "broker.log")
             broker.start()
             bootstrap = broker.bootstrap
-        store = EmbeddedClickHouse(settings, "127.0.0.1", settings.clickhouse_http_port)
+        store = EmbeddedClickHouse(settings, "127.0.0.1", settings.clickhouse_http_port,
+                                   keep_secret=False)
         store.start()
         for i in range(workers):
             # worker 0 also runs the demo traffic when asked (`up --kafka` is a worker + demo)

@@ -233,6 +233,31 @@ def test_credential_file_is_private_and_secret_stays_out_of_reprs(tmp_path) -> N
     assert given.secret_file.parent == tmp_path.resolve()
 
 
+def test_a_previous_runs_credential_is_reused_only_if_private_and_well_formed(tmp_path) -> None:
+    import os
+
+    from pipeline.runtime.cluster import CREDENTIAL_FILE, EmbeddedClickHouse, write_secret
+    from pipeline.settings import load_settings
+
+    settings = load_settings(data_dir=str(tmp_path))
+    path = tmp_path / CREDENTIAL_FILE
+    kept = SecretStr("k" * 43)
+    write_secret(path, kept)
+    again = EmbeddedClickHouse(settings, "127.0.0.1", 1)
+    assert again.secret.get_secret_value() == kept.get_secret_value()
+    for mode, text in ((0o644, "k" * 43), (0o600, "short"), (0o600, "a b" * 20)):
+        path.write_text(text + "\n")
+        path.chmod(mode)
+        fresh = EmbeddedClickHouse(settings, "127.0.0.1", 1)
+        assert fresh.secret.get_secret_value() != text
+        assert len(fresh.secret.get_secret_value()) >= 32
+    path.unlink()
+    os.symlink(tmp_path / "elsewhere", path)
+    (tmp_path / "elsewhere").write_text("k" * 43 + "\n")
+    (tmp_path / "elsewhere").chmod(0o600)
+    assert EmbeddedClickHouse(settings, "127.0.0.1", 1).secret.get_secret_value() != "k" * 43
+
+
 def test_workers_get_the_credential_as_their_clickhouse_password(tmp_path, monkeypatch) -> None:
     from pipeline.runtime.cluster import worker_env
     from pipeline.settings import load_settings

@@ -41,13 +41,11 @@ class Served(NamedTuple):
     data: Path
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """`tokenmeter clickhouse` in a subprocess (this process already embeds another chDB)."""
-    data = tmp_path_factory.mktemp("served")
+def _start_served(data: Path) -> tuple[subprocess.Popen[str], str]:
+    """`tokenmeter clickhouse` over ``data`` in a subprocess, answering /ping; (proc, dsn)."""
     port = free_port()
     # stderr to a file: read at any time, and DEBUG logs every request it gets
-    with open(data / "stderr.log", "w") as err:
+    with open(data / "stderr.log", "a") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "clickhouse", "--listen",
              f"127.0.0.1:{port}", "--log-level", "DEBUG"],
@@ -59,16 +57,47 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         try:
             with urllib.request.urlopen(f"{dsn}/ping", timeout=2) as r:  # noqa: S310
                 assert r.read() == b"Ok.\n"
-                break
+                return proc, dsn
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError((data / "stderr.log").read_text()) from None
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """`tokenmeter clickhouse` in a subprocess (this process already embeds another chDB)."""
+    data = tmp_path_factory.mktemp("served")
+    proc, dsn = _start_served(data)
     credential = data / "clickhouse-http.credential"
     yield Served(dsn, credential.read_text().strip(), data)
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
-    assert not credential.exists(), "the credential outlived the run"
+
+
+def test_restarted_served_store_keeps_its_credential(tmp_path: Path) -> None:
+    """Workers still running keep working when a standalone served store restarts.
+
+    A new credential per start failed every worker request with 516 (terminal to the sink).
+    """
+    import stat
+
+    credential = tmp_path / "clickhouse-http.credential"
+    proc, dsn = _start_served(tmp_path)
+    password = credential.read_text().strip()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert stat.S_IMODE(credential.stat().st_mode) == 0o600
+    proc, dsn = _start_served(tmp_path)
+    try:
+        worker = open_store(load_settings(clickhouse_dsn=dsn, clickhouse_password=password,
+                                          data_dir=str(tmp_path / "w")))
+        assert worker.rows("SELECT 1") == [(1,)]
+        worker.close()
+        assert password not in (tmp_path / "stderr.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
 
 
 @pytest.fixture()

@@ -55,7 +55,7 @@ def test_known_bypasses_are_io_by_the_parse_and_refused_by_the_text(store, sql: 
     assert _text_refuses(sql)
 
 
-@settings(max_examples=1000, deadline=None, derandomize=True,
+@settings(max_examples=600, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(sql=statements)
 def test_text_check_refuses_whenever_the_parse_shows_an_io_function(store, sql: str) -> None:
