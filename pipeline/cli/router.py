@@ -153,9 +153,7 @@ def subject_weights(rows: Sequence[Row]) -> list[float]:
     return [per / sizes[row.source] for row in rows]
 
 
-def fit(spec: r.FeatureSpec, rows: Sequence[Row], c: float, label: str = "weak_ok",
-        balance: bool = True) -> tuple[dict[int, float], float]:
-    """(weights, bias) of a logistic model of P(weak is enough) on these rows."""
+def _fit_model(x: Any, rows: Sequence[Row], c: float, label: str, balance: bool) -> Any:
     lm = _sklearn()
     y = [int(LABELS[label](row)) for row in rows]
     if len(set(y)) < 2:
@@ -164,8 +162,16 @@ def fit(spec: r.FeatureSpec, rows: Sequence[Row], c: float, label: str = "weak_o
     model = lm.LogisticRegression(C=c, max_iter=3000)
     # balanced: a subject is one draw from the traffic we will see; without it the 1,534
     # professional_law rows (20%) teach "long prompt = hard" to every other subject
-    model.fit(_matrix(spec, [row.prompt for row in rows]), y,
-              sample_weight=subject_weights(rows) if balance else None)
+    model.fit(x, y, sample_weight=subject_weights(rows) if balance else None)
+    return model
+
+
+def fit(spec: r.FeatureSpec, rows: Sequence[Row], c: float, label: str = "weak_ok",
+        balance: bool = True, x: Any = None) -> tuple[dict[int, float], float]:
+    """(weights, bias) of a logistic model of P(weak is enough) on these rows."""
+    if x is None:
+        x = _matrix(spec, [row.prompt for row in rows])
+    model = _fit_model(x, rows, c, label, balance)
     coef = model.coef_[0]
     weights = {int(i): float(coef[i]) for i in coef.nonzero()[0]}
     return weights, float(model.intercept_[0])
@@ -173,7 +179,7 @@ def fit(spec: r.FeatureSpec, rows: Sequence[Row], c: float, label: str = "weak_o
 
 def out_of_fold_scores(spec: r.FeatureSpec, rows: Sequence[Row], c: float,
                        label: str = "weak_ok", balance: bool = True,
-                       folds: int = 5) -> list[float]:
+                       folds: int = 5, x: Any = None) -> list[float]:
     """Scores each row gets from a model that never saw its subject (grouped k-fold)."""
     groups = sorted({row.source for row in rows})
     if len(groups) >= 2:
@@ -185,14 +191,16 @@ def out_of_fold_scores(spec: r.FeatureSpec, rows: Sequence[Row], c: float,
     else:
         k = min(folds, len(rows))
         assign = [i % k for i in range(len(rows))]
+    if x is None:
+        x = _matrix(spec, [row.prompt for row in rows])
     scores = [0.0] * len(rows)
     for f in range(k):
-        train = [row for row, a in zip(rows, assign, strict=True) if a != f]
-        weights, bias = fit(spec, train, c, label, balance)
-        art = r.build_artifact(spec, weights, bias, 0.5, {}, {})
-        for i, (row, a) in enumerate(zip(rows, assign, strict=True)):
-            if a == f:
-                scores[i] = r.p_weak_ok(art, row.prompt)
+        train_idx = [i for i, a in enumerate(assign) if a != f]
+        test_idx = [i for i, a in enumerate(assign) if a == f]
+        model = _fit_model(x[train_idx], [rows[i] for i in train_idx], c, label, balance)
+        # the same logistic of the same features routing computes, done by numpy for speed
+        for i, p in zip(test_idx, model.predict_proba(x[test_idx])[:, 1], strict=True):
+            scores[i] = float(p)
     return scores
 
 
@@ -216,9 +224,11 @@ def train(args: argparse.Namespace, settings: object = None) -> int:
         raise ConfigError("--holdout leaves no rows to train on")
     spec = r.FeatureSpec(hash_bits=args.hash_bits,
                          word_ngrams=(args.word_ngrams[0], args.word_ngrams[1]),
-                         char_ngrams=(args.char_ngrams[0], args.char_ngrams[1]))
+                         char_ngrams=(args.char_ngrams[0], args.char_ngrams[1]),
+                         max_tokens=args.max_tokens)
     balance = args.balance == "subjects"
-    oof = out_of_fold_scores(spec, train_rows, args.c, args.label, balance)
+    x = _matrix(spec, [row.prompt for row in train_rows])
+    oof = out_of_fold_scores(spec, train_rows, args.c, args.label, balance, x=x)
     weak = [row.weak_ok for row in train_rows]
     strong = [row.strong_ok for row in train_rows]
     method: dict[str, Any]
@@ -233,7 +243,7 @@ def train(args: argparse.Namespace, settings: object = None) -> int:
     method.update({"scores": "out-of-fold (grouped by subject)",
                    "oof_strong_share": round(r.strong_share(oof, threshold), 4),
                    "oof_accuracy": round(r.routed_accuracy(oof, weak, strong, threshold), 4)})
-    weights, bias = fit(spec, train_rows, args.c, args.label, balance)
+    weights, bias = fit(spec, train_rows, args.c, args.label, balance, x=x)
     n = len(train_rows)
     training: dict[str, Any] = {
         "files": [{"name": p.name, "sha256_16": _file_digest(p)} for p in paths],
@@ -555,6 +565,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
                     metavar="LO,HI", help="0,0 turns character n-grams off")
     # weak_ok by default: it scored a little higher in grouped cross-validation on the 22
     # non-held-out MMLU subjects (APGR 0.583 vs 0.562); on the 7 held-out ones both fell short
+    sp.add_argument("--max-tokens", type=int, default=r.FeatureSpec().max_tokens,
+                    help="n-grams from at most this many tokens, first and last halves (0: all)")
     sp.add_argument("--label", choices=sorted(LABELS), default="weak_ok",
                     help="what 'the weak model is enough' means in training: weak_ok (weak "
                          "right; default) or no_gain (weak right, or strong wrong too)")

@@ -23,6 +23,7 @@ import json
 import math
 import re
 import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -60,8 +61,7 @@ _WORD = re.compile(r"[a-z]+|\d+(?:[.,]\d+)*|[^\sa-z\d]")
 _OPTION = re.compile(r"^\s*(?:\(?[A-Ha-h][.):]|[1-8][.)])\s+\S", re.MULTILINE)
 _SENTENCE = re.compile(r"[.!?](?:\s|$)")
 _MATH = frozenset("=+*/^<>%∑∫√≤≥≠±×÷πθλμσΔ")
-_CODE = re.compile(r"```|\bdef |\breturn\b|\bprint\(|;\s*$|\{|\}|==|!=|->|\bint\b|\bvoid\b",
-                   re.MULTILINE)
+_CODE = ("```", "def ", "return ", "print(", ";\n", "{", "}", "==", "!=", "->", "int ", "void ")
 _QUESTION = frozenset({"what", "which", "why", "how", "who", "whom", "when", "where", "whose"})
 _COMPUTE = frozenset({"calculate", "compute", "find", "solve", "evaluate", "determine",
                       "simplify", "prove", "derive", "estimate", "value", "many", "much",
@@ -82,6 +82,10 @@ class FeatureSpec:
     char_ngrams: tuple[int, int] = (0, 0)
     word_weight: float = 0.5
     char_weight: float = 0.5
+    # n-grams come from at most this many tokens (the first and last halves; 0: all), and a
+    # prompt longer than 6x as many characters is read through a window (its first 2x and
+    # last 4x characters): bounds the decision time; sizes still describe the whole text
+    max_tokens: int = 256
 
     @property
     def dims(self) -> int:
@@ -98,113 +102,143 @@ class FeatureSpec:
         return {"hash": "crc32", "hash_bits": self.hash_bits,
                 "word_ngrams": list(self.word_ngrams), "char_ngrams": list(self.char_ngrams),
                 "word_weight": self.word_weight, "char_weight": self.char_weight,
-                "structural": list(STRUCTURAL)}
+                "max_tokens": self.max_tokens, "structural": list(STRUCTURAL)}
 
 
-@lru_cache(maxsize=1 << 18)
-def _bucket(key: str, dims: int) -> tuple[int, float]:
+def _crc(key: str) -> int:
     # crc32, not hash(): Python salts str hashes per process (PYTHONHASHSEED), so features
     # would differ between the trainer and every process that routes
-    h = zlib.crc32(key.encode("utf-8"))
-    return h % dims, (1.0 if h & 0x80000000 else -1.0)
+    return zlib.crc32(key.encode("utf-8"))
+
+
+@lru_cache(maxsize=1 << 17)
+def _word_hash(token: str) -> int:
+    return _crc("w:" + token)
+
+
+_K1, _K2, _M = 0x9E3779B1, 0x85EBCA6B, 0xFFFFFFFF
+
+
+def _pair_hashes(left: list[int], right: list[int]) -> list[int]:
+    """Hashes of the pairs (left[i], right[i]): integer mixing of two word hashes."""
+    # instead of joining and hashing a new string per bigram (that alone cost more than the
+    # 1 ms budget on long prompts); inline, since a call per pair costs as much again
+    return [(x := (((a * _K1) ^ b) & _M) * _K2 & _M) ^ (x >> 16)
+            for a, b in zip(left, right, strict=False)]
 
 
 @lru_cache(maxsize=65536)
-def _char_grams(word: str, lo: int, hi: int, dims: int) -> tuple[tuple[int, float], ...]:
+def _char_grams(word: str, lo: int, hi: int) -> tuple[int, ...]:
     # per word type, cached: words repeat across prompts, and hashing every character
     # n-gram of a long prompt afresh would cost more than the 1 ms decision budget
     padded = f" {word} "
-    out = []
-    for n in range(lo, hi + 1):
-        for i in range(len(padded) - n + 1):
-            out.append(_bucket("c:" + padded[i:i + n], dims))
-    return tuple(out)
+    return tuple(_crc("c:" + padded[i:i + n]) for n in range(lo, hi + 1)
+                 for i in range(len(padded) - n + 1))
 
 
-def _normalise(counts: dict[int, float], weight: float, out: dict[int, float]) -> None:
-    # sublinear term frequency, then unit length: long prompts do not dominate by sheer size
-    if not counts:
+_LOG1P = tuple(math.log1p(k) for k in range(64))
+
+
+def _add_hashed(hashes: list[int], dims: int, weight: float, out: dict[int, float]) -> None:
+    # bucket = low bits; counted by Counter (C speed), then sublinear term frequency and unit
+    # length, so long prompts do not dominate by sheer size
+    if not hashes:
         return
-    vals = {i: math.copysign(math.log1p(abs(v)), v) for i, v in counts.items() if v}
-    norm = math.sqrt(sum(v * v for v in vals.values()))
-    if norm == 0.0:
-        return
+    counts = Counter(map((dims - 1).__and__, hashes))
+    table = _LOG1P
+    vals = {i: (table[k] if k < 64 else math.log1p(k)) for i, k in counts.items()}
+    norm = math.sqrt(math.fsum(v * v for v in vals.values()))
     scale = weight / norm
     for i, v in vals.items():
         out[i] = out.get(i, 0.0) + v * scale
 
 
-def _tokens(lower: str) -> list[str]:
+def _tokens(raw: list[str]) -> list[str]:
     # numbers become one shape token: the digits of a value do not generalise, their presence does
-    return ["<num>" if t[0].isdigit() else t for t in _WORD.findall(lower)]
+    return ["<num>" if t[0].isdigit() else t for t in raw]
 
 
-_DIGIT = re.compile(r"\d")
-_LETTER = re.compile(r"[^\W\d_]")
 _UPPER = re.compile(r"[A-Z]")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _MATH_RE = re.compile("[" + re.escape("".join(sorted(_MATH))) + "]")
-_ALPHA = re.compile(r"[a-z]+")
 
 
-def structural_features(text: str) -> list[float]:
-    """The dense structural features of ``text`` in ``STRUCTURAL`` order."""
-    # regex counts rather than per-character Python loops: this runs inside the 1 ms decision
-    lower = text.lower()
-    words = _ALPHA.findall(lower)
+def structural_features(text: str, raw: list[str] | None = None,
+                        full: str | None = None) -> list[float]:
+    """The dense structural features of ``text`` in ``STRUCTURAL`` order.
+
+    ``raw`` is _WORD's tokens of the lowercased text when known; ``full`` is the whole prompt
+    when ``text`` is a window of it: sizes then come from (or are scaled up to) the whole.
+    """
+    # regex counts and str methods rather than per-character Python loops: this runs inside
+    # the 1 ms decision
+    if raw is None:
+        raw = _WORD.findall(text.lower())
+    words = [t for t in raw if t[0].isalpha()]
+    whole = full if full is not None else text
+    stretch = len(whole) / len(text) if text else 1.0
     n_chars = len(text)
     n_words = len(words)
     wordset = set(words)
-    digits = len(_DIGIT.findall(text))
-    letters = len(_LETTER.findall(text))
+    digits = sum(map(text.count, "0123456789"))
+    letters = sum(map(len, words))  # ASCII letters: the words are [a-z]+ runs
     upper = len(_UPPER.findall(text))
-    numbers = len(_NUMBER.findall(text))
+    numbers = sum(1 for t in raw if t[0].isdigit())
     math_symbols = len(_MATH_RE.findall(text))
     return [
         1.0,
-        math.log1p(n_chars) / 8.0,
-        math.log1p(n_words) / 6.0,
-        math.log1p(text.count("\n") + 1) / 3.0,
+        math.log1p(len(whole)) / 8.0,
+        math.log1p(n_words * stretch) / 6.0,
+        math.log1p(whole.count("\n") + 1) / 3.0,
         digits / n_chars if n_chars else 0.0,
         math.log1p(numbers) / 3.0,
         math.log1p(math_symbols) / 3.0,
         1.0 if ("\\" in text or "$" in text and "^" in text) else 0.0,
-        min(len(_CODE.findall(text)), 10) / 10.0,
+        min(sum(map(text.count, _CODE)), 10) / 10.0,
         min(len(_OPTION.findall(text)), 8) / 4.0,
         min(len(wordset & _QUESTION), 4) / 2.0,
         min(len(wordset & _COMPUTE), 4) / 2.0,
         min(len(wordset & _NEGATION), 4) / 2.0,
-        (sum(map(len, words)) / n_words / 10.0) if n_words else 0.0,
+        (letters / n_words / 10.0) if n_words else 0.0,
         upper / letters if letters else 0.0,
-        math.log1p(len(_SENTENCE.findall(text))) / 3.0,
+        math.log1p(len(_SENTENCE.findall(text)) * stretch) / 3.0,
     ]
 
 
 def featurize(spec: FeatureSpec, text: str) -> dict[int, float]:
     """Sparse features of ``text``: {index: value}; the same in every process and platform."""
     dims = spec.dims
-    lower = text.lower()
-    toks = _tokens(lower)
+    cap = spec.max_tokens
+    full = None
+    if cap and len(text) > 6 * cap:
+        # a window bounds the regex work on very long prompts: the topic is stated first,
+        # the question and options come last
+        full, text = text, text[:2 * cap] + "\n" + text[-4 * cap:]
+    raw = _WORD.findall(text.lower())
+    if cap and len(raw) > cap:
+        # the topic is stated first and the question and options come last
+        toks = _tokens(raw[:cap // 2]) + _tokens(raw[len(raw) - (cap - cap // 2):])
+    else:
+        toks = _tokens(raw)
     out: dict[int, float] = {}
     lo, hi = spec.word_ngrams
     if hi >= lo >= 1:
-        words: dict[int, float] = {}
-        for n in range(lo, hi + 1):
-            grams = toks if n == 1 else [" ".join(toks[i:i + n])
-                                         for i in range(len(toks) - n + 1)]
-            for gram in grams:
-                idx, sign = _bucket("w:" + gram, dims)
-                words[idx] = words.get(idx, 0.0) + sign
-        _normalise(words, spec.word_weight, out)
+        hashes = [_word_hash(t) for t in toks]
+        grams = list(hashes) if lo == 1 else []
+        for n in range(max(lo, 2), hi + 1):
+            level = hashes
+            for step in range(1, n):
+                # level[i] is the hash of the n-gram starting at i (built left to right)
+                level = _pair_hashes(level, hashes[step:])
+            grams.extend(level)
+        _add_hashed(grams, dims, spec.word_weight, out)
     clo, chi = spec.char_ngrams
     if chi >= clo >= 1:
-        chars: dict[int, float] = {}
+        chars: list[int] = []
         for tok in toks:
             if tok.isalpha():
-                for idx, sign in _char_grams(tok, clo, chi, dims):
-                    chars[idx] = chars.get(idx, 0.0) + sign
-        _normalise(chars, spec.char_weight, out)
-    for k, v in enumerate(structural_features(text)):
+                chars.extend(_char_grams(tok, clo, chi))
+        _add_hashed(chars, dims, spec.char_weight, out)
+    for k, v in enumerate(structural_features(text, raw, full)):
         if v:
             out[dims + k] = v
     return out
@@ -287,6 +321,12 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1 << 20:
+        raise _refuse(f"{what} must be an integer in 0..{1 << 20}, got {value!r}")
+    return value
+
+
 def _pair(value: Any, what: str) -> tuple[int, int]:
     if (not isinstance(value, list) or len(value) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 16
@@ -315,7 +355,8 @@ def load_artifact(data: Any) -> RouterArtifact:
                        word_ngrams=_pair(feats.get("word_ngrams"), "features.word_ngrams"),
                        char_ngrams=_pair(feats.get("char_ngrams"), "features.char_ngrams"),
                        word_weight=_number(feats.get("word_weight"), "features.word_weight"),
-                       char_weight=_number(feats.get("char_weight"), "features.char_weight"))
+                       char_weight=_number(feats.get("char_weight"), "features.char_weight"),
+                       max_tokens=_count(feats.get("max_tokens"), "features.max_tokens"))
     model = data.get("model")
     if not isinstance(model, dict) or model.get("type") != "logistic":
         raise _refuse("model.type must be 'logistic'")

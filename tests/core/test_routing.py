@@ -39,8 +39,8 @@ def test_features_use_crc32_buckets_not_pythons_salted_hash() -> None:
     feats = r.featurize(spec, "hello")
     h = zlib.crc32(b"w:hello")
     assert h % 1024 in feats
-    # one unigram, unit length times the word weight, signed by the hash's top bit
-    assert feats[h % 1024] == pytest.approx(spec.word_weight * (1 if h & 0x80000000 else -1))
+    # one unigram: unit length times the word weight
+    assert feats[h % 1024] == pytest.approx(spec.word_weight)
 
 
 def test_features_are_identical_in_processes_with_different_hash_seeds() -> None:
@@ -224,3 +224,23 @@ def test_bad_artifacts_are_refused_with_a_reason(mutate, message) -> None:
 def test_a_non_dict_is_refused() -> None:
     with pytest.raises(RouterArtifactError):
         r.load_artifact([1, 2, 3])
+
+
+def test_a_very_long_prompt_is_read_through_a_window_but_sized_whole() -> None:
+    spec = r.FeatureSpec(max_tokens=16)  # window once the text exceeds 96 characters
+    long = "word " * 400 + "\nWhich option is correct?\nA. x\nB. y"
+    feats = r.featurize(spec, long)
+    log_chars = spec.dims + r.STRUCTURAL.index("log_chars")
+    assert feats[log_chars] == pytest.approx(math.log1p(len(long)) / 8.0)
+    # the question at the end still counts: its option lines are inside the window
+    options = spec.dims + r.STRUCTURAL.index("option_lines")
+    assert feats[options] == pytest.approx(0.5)
+
+
+def test_the_shipped_default_router_loads_and_routes() -> None:
+    path = ROOT / "pipeline" / "data" / "router.json"
+    a = r.load_artifact(json.loads(path.read_text()))
+    assert a.training["rows"] == 7658 and len(a.training["subjects"]) == 29
+    assert a.threshold_method["method"] == "target_quality"
+    assert path.stat().st_size < 500_000
+    assert r.route(a, PROMPT).tier in ("weak", "strong")
