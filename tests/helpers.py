@@ -102,9 +102,14 @@ def subprocess_env(settings: Any) -> dict[str, str]:
     return env
 
 
-def start_worker(settings: Any) -> subprocess.Popen:
+def start_worker(settings: Any, *, wall_clock: bool = False) -> subprocess.Popen:
+    """A worker subprocess on the pinned clock (``wall_clock``: for producers that stamp
+    events with the wall clock themselves, such as LiteLLM's callback)."""
+    env = subprocess_env(settings)
+    if wall_clock:
+        del env["TOKENMETER_CLOCK_START"]
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"],
-                            env=subprocess_env(settings), stdout=subprocess.DEVNULL,
+                            env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
 

@@ -72,7 +72,9 @@ async def acompletion_then_callbacks(**kwargs: object) -> Any:
 
 def test_kcat_and_litellm_events_are_metered(settings: Settings, tmp_path: Path) -> None:
     asyncio.run(produce(settings, []))  # topics exist before kcat's producer looks them up
-    worker = start_worker(settings)
+    # LiteLLM stamps its events with the wall clock (its call's end time): so does this
+    # worker's clock; nothing here depends on the date (kcat's events are pinned-clock old)
+    worker = start_worker(settings, wall_clock=True)
     try:
         wait_ready(settings, worker)
         libdir = librdkafka_dir(tmp_path)
