@@ -68,8 +68,12 @@ class ServiceTier(PartialRates):
     long_context: PartialRates | None = None
 
 
-class PriceVersion(Rates):
-    """One version of a model's prices, in force from ``effective_from``."""
+class PriceVersion(PartialRates):
+    """One version of a model's prices, in force from ``effective_from``.
+
+    A version without input/output prices is a window whose price is not known (a change on
+    a date nobody could find): every call in it is refused (``unpriced``), never guessed.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -101,11 +105,11 @@ class ModelPrice(BaseModel):
     sources: list[str] = Field(default_factory=list)
 
     def at(self, when: datetime) -> PriceVersion | None:
-        """The version in force at ``when`` (latest effective_from wins; ties by version id)."""
+        """The version in force at ``when`` (latest effective_from wins; in a tie the one
+        listed last, i.e. the later correction)."""
         best: PriceVersion | None = None
         for v in self.versions:
-            if v.covers(when) and (best is None or (v.effective_from, v.version)
-                                   > (best.effective_from, best.version)):
+            if v.covers(when) and (best is None or v.effective_from >= best.effective_from):
                 best = v
         return best
 
@@ -132,29 +136,31 @@ class Catalog(BaseModel):
         object.__setattr__(self, "_resolved", {})
 
     def resolve(self, name: str, provider: str | None = None) -> ModelPrice | None:
-        """The entry for ``name`` at ``provider`` (or the provider prefixed to ``name``).
+        """The entry for ``name`` at ``provider``: never another provider's entry.
 
-        Without a provider, a name resolves to its publisher's own API (``gpt-4o`` at
-        OpenAI); used by estimates, never by metering (events always name a provider).
+        The provider's own id is tried first (at Groq ``openai/gpt-oss-120b`` is one id). A
+        provider prefix in ``name`` counts only when it names the same provider
+        (``azure/gpt-4o`` at azure) or when no provider is given; ``openai/gpt-4o`` sent by
+        OpenRouter or Azure is their call, not OpenAI's. Without any provider, a bare name
+        resolves to its publisher's own API (``gpt-4o`` at OpenAI): estimates only, since
+        events always name a provider.
         """
         resolved: dict[tuple[str, str], ModelPrice | None] = self._resolved  # type: ignore[attr-defined]
         key = (provider or "", name)
         if key in resolved:
             return resolved[key]
         index: dict[tuple[str, str], ModelPrice] = self._index  # type: ignore[attr-defined]
-        given = _provider_key(provider) if provider else None
-        # the provider's own id first: at Groq `openai/gpt-oss-120b` is one id, not a prefix
-        found = index.get((given, name.strip().lower())) if given else None
-        if found is None:
-            who, model_id = split_model(provider or "", name)
-            if who is not None:
-                found = index.get((who, model_id.lower()))
-            elif given:
-                # a provider we know only from imported prices: its own entries, never
-                # someone else's rate
-                found = index.get((given, model_id.lower()))
-            else:
-                found = self._home.get(model_id.lower())  # type: ignore[attr-defined]
+        given = _provider_key(provider) if provider and provider.strip() else None
+        bare = name.strip().lower()
+        prefixed, rest = split_model("", name)  # the provider a prefix names, if any
+        if given is not None:
+            found = index.get((given, bare))
+            if found is None and prefixed == given:
+                found = index.get((given, rest.lower()))
+        elif prefixed is not None:
+            found = index.get((prefixed, rest.lower()))
+        else:
+            found = self._home.get(bare)  # type: ignore[attr-defined]
         if len(resolved) < 10_000:  # bounded: model names come from untrusted input
             resolved[key] = found
         return found
@@ -198,22 +204,52 @@ def _builtin() -> Catalog:
 
 
 def merge(base: Catalog, overlay: Catalog) -> Catalog:
-    """Base plus the overlay's versions (same provider and model) and models (new ones)."""
+    """Base plus the overlay's versions (same provider and model id) and models (new ones).
+
+    An overlay model joins a base entry only by the same (provider, id or alias): never by a
+    prefix naming another provider. An overlay version that lists no long-context band,
+    service tier or rate the base version in force at its date has keeps the base's (an
+    import of a price map that lacks them must not drop them); in a tie of dates the overlay
+    wins (it is the correction).
+    """
     models = {(_provider_key(m.provider), m.model): m for m in base.models}
+    names: dict[tuple[str, str], tuple[str, str]] = {}
+    for m in base.models:
+        for n in (m.model, *m.aliases):
+            names.setdefault((_provider_key(m.provider), n.lower()), (_provider_key(m.provider),
+                                                                      m.model))
     for om in overlay.models:
-        target = base.resolve(om.model, om.provider)
-        key = ((_provider_key(target.provider), target.model) if target
-               else (_provider_key(om.provider), om.model))
+        key = names.get((_provider_key(om.provider), om.model.lower()),
+                        (_provider_key(om.provider), om.model))
         current = models.get(key)
         if current is None:
             models[key] = om
             continue
+        versions = [_carry_over(v, current.at(v.effective_from)) for v in om.versions]
         models[key] = current.model_copy(update={
-            "versions": [*current.versions, *om.versions],
+            "versions": [*current.versions, *versions],
             "aliases": sorted(set(current.aliases) | set(om.aliases)),
             "sources": list(dict.fromkeys([*current.sources, *om.sources])),
         })
     return Catalog(currency=base.currency, models=list(models.values()))
+
+
+def _carry_over(new: PriceVersion, old: PriceVersion | None) -> PriceVersion:
+    """``new`` with the band, tiers and rates it does not list taken from ``old``."""
+    if old is None:
+        return new
+    update: dict[str, Any] = {f: getattr(old, f) for f in RATE_FIELDS
+                              if getattr(new, f) is None and getattr(old, f) is not None}
+    if new.long_context is None and old.long_context is not None:
+        update["long_context"] = old.long_context
+    tiers = {**old.tiers, **new.tiers}
+    for name, tier in new.tiers.items():
+        was = old.tiers.get(name)
+        if was is not None and tier.multiplier is None and was.multiplier is not None:
+            tiers[name] = tier.model_copy(update={"multiplier": was.multiplier})
+    if tiers != new.tiers:
+        update["tiers"] = tiers
+    return new.model_copy(update=update) if update else new
 
 
 def load_catalog_with_overlays(directory: Path | None) -> Catalog:

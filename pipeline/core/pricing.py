@@ -24,6 +24,7 @@ from decimal import Decimal
 
 from pipeline.core.catalog import PER_MILLION, RATE_FIELDS, ModelPrice, PartialRates, PriceVersion
 from pipeline.core.events import CostLines
+from pipeline.core.providers import canonical
 from pipeline.errors import PricingError
 
 ZERO = Decimal(0)
@@ -101,8 +102,9 @@ def compose(version: PriceVersion, prompt_tokens: int, service_tier: str) -> Com
                 rates[f] = None
     inp, out = rates["input"], rates["output"]
     if inp is None or out is None:
+        why = f" ({version.notes})" if version.notes else ""
         raise PricingError("unpriced", f"price version {version.version} has no input/output "
-                           f"price in the {service_tier!r} tier")
+                           f"price in the {service_tier!r} tier{why}")
     return ComposedRates(inp, out, rates["cache_read"], rates["cache_write_5m"],
                          rates["cache_write_1h"], rates["reasoning"], is_long)
 
@@ -129,9 +131,17 @@ def _need(rate: Rate | None, tokens: int, what: str, version: PriceVersion) -> R
     return rate
 
 
-def price_lines(counts: TokenCounts, version: PriceVersion,
-                service_tier: str = "standard") -> list[Line]:
-    """The call's lines with the rate that prices each (step 4: cache TTLs)."""
+# providers that bill a cache write as ordinary input (they list no write price)
+WRITES_BILLED_AS_INPUT = frozenset({"openai", "azure", "google"})
+
+
+def price_lines(counts: TokenCounts, version: PriceVersion, service_tier: str = "standard",
+                *, writes_as_input: bool = True) -> list[Line]:
+    """The call's lines with the rate that prices each (step 4: cache TTLs).
+
+    ``writes_as_input``: the provider bills cache writes without a listed price as input;
+    otherwise such writes are refused.
+    """
     r = compose(version, counts.input_tokens, service_tier)
     writes_1h = counts.cache_creation_1h_input_tokens
     writes_5m = counts.cache_creation_input_tokens - writes_1h
@@ -144,9 +154,12 @@ def price_lines(counts: TokenCounts, version: PriceVersion,
                           _need(r.cache_read, counts.cache_read_input_tokens, "cache-read",
                                 version)))
     if writes_5m:
-        # no listed write price: billed as input (OpenAI and Google charge creation so)
-        rate = r.cache_write_5m or Rate(r.input.value, f"{r.input.source} (write as input)")
-        lines.append(Line("cache_write_5m", writes_5m, rate))
+        rate = r.cache_write_5m
+        if rate is None and writes_as_input:
+            # no listed write price: billed as input (OpenAI and Google charge creation so)
+            rate = Rate(r.input.value, f"{r.input.source} (write as input)")
+        lines.append(Line("cache_write_5m", writes_5m,
+                          _need(rate, writes_5m, "cache-write", version)))
     if writes_1h:
         lines.append(Line("cache_write_1h", writes_1h,
                           _need(r.cache_write_1h, writes_1h, "1-hour cache-write", version)))
@@ -168,7 +181,8 @@ def cost_lines(
     """Price one call; the lines always sum to the would-be total."""
     costs = {"input": ZERO, "output": ZERO, "cache_read": ZERO, "cache_write": ZERO,
              "reasoning": ZERO}
-    for line in price_lines(counts, version, service_tier):
+    writes_as_input = (canonical(model.provider) or model.provider) in WRITES_BILLED_AS_INPUT
+    for line in price_lines(counts, version, service_tier, writes_as_input=writes_as_input):
         key = "cache_write" if line.name.startswith("cache_write") else line.name
         costs[key] += line.cost
     total = sum(costs.values(), ZERO)

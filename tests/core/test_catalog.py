@@ -68,7 +68,8 @@ def test_brief_models_present(name: str, provider: str, at: datetime, inp: str,
         ("openai", "GPT-4o", "gpt-4o"),
         ("anthropic", "claude-3-haiku-20240307", "claude-3-haiku"),
         ("anthropic", "anthropic/claude-3-5-sonnet-20240620", "claude-3-5-sonnet"),
-        ("openai", "anthropic/claude-3-5-sonnet-20240620", "claude-3-5-sonnet"),  # prefix wins
+        (None, "anthropic/claude-3-5-sonnet-20240620", "claude-3-5-sonnet"),  # no provider
+        ("azure", "azure/gpt-4o-2024-08-06", "gpt-4o-2024-08-06"),  # the same provider
         ("anthropic", "claude-3-5-sonnet-latest", "claude-3-5-sonnet"),
         ("mistral", "mistral-large-2411", "mistral-large"),
         ("groq", "meta-llama/Meta-Llama-3-70B-Instruct", "llama-3-70b"),
@@ -77,10 +78,10 @@ def test_brief_models_present(name: str, provider: str, at: datetime, inp: str,
         ("gemini", "gemini-1.5-pro-002", "gemini-1.5-pro"),  # provider spellings
         ("gcp.gemini", "gemini-1.5-pro-002", "gemini-1.5-pro"),
         ("OpenAI", "gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
-        ("x", "openai/gpt-4o-mini", "gpt-4o-mini"),
+        (None, "openai/gpt-4o-mini", "gpt-4o-mini"),
     ],
 )
-def test_aliases(provider: str, alias: str, model: str) -> None:
+def test_aliases(provider: str | None, alias: str, model: str) -> None:
     found = CAT.resolve(alias, provider)
     assert found is not None and found.model == model
 
@@ -97,6 +98,13 @@ def test_aliases(provider: str, alias: str, model: str) -> None:
         ("groq", "claude-3-haiku"),
         ("my-gateway", "gpt-4o"),  # a provider we do not price
         ("openai", "claude-3-haiku"),
+        # a prefix naming another provider is that provider's model sold by this one
+        ("openai", "anthropic/claude-3-5-sonnet-20240620"),
+        ("x", "openai/gpt-4o-mini"),
+        ("openrouter", "openai/gpt-4o"),
+        ("azure", "openai/gpt-4o"),
+        ("together", "mistralai/mistral-large-latest"),
+        ("fireworks_ai", "deepseek/deepseek-chat"),
     ],
 )
 def test_never_another_providers_rate(provider: str, name: str) -> None:
@@ -117,7 +125,7 @@ def test_known_snapshots_priced_as_themselves(name: str, inp: str, out: str) -> 
     "name, provider, other",
     [
         ("deepseek-ai/DeepSeek-R1", "together", ("deepseek-reasoner", "deepseek")),
-        ("together_ai/deepseek-ai/DeepSeek-R1", "openai", ("deepseek-reasoner", "deepseek")),
+        ("together_ai/deepseek-ai/DeepSeek-R1", "together", ("deepseek-reasoner", "deepseek")),
         ("meta.llama3-3-70b-instruct-v1:0", "aws.bedrock", ("llama-3.3-70b-versatile", "groq")),
         ("gpt-4o-2024-08-06", "azure", ("gpt-4o-2024-08-06", "openai")),
         ("claude-sonnet-4@20250514", "vertex_ai", ("claude-sonnet-4-20250514", "anthropic")),
@@ -198,3 +206,67 @@ def test_overlay_directory(tmp_path: Path) -> None:
     assert cat.resolve("newco/newco-1", "openai") is None
     assert load_catalog_with_overlays(tmp_path / "missing").resolve("newco/newco-1",
                                                                     "together") is None
+
+
+def _import(models: dict, effective: datetime) -> object:
+    return from_litellm(models, effective, f"imp-{effective.date()}", "map.json")
+
+
+def test_an_import_joins_only_the_same_providers_entry() -> None:
+    """A reseller's `openai/gpt-4o` (vercel_ai_gateway, deepinfra, ...) never reprices
+    OpenAI's own gpt-4o."""
+    eff = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    imported = _import({"vercel_ai_gateway/openai/gpt-4o": {
+        "input_cost_per_token": 1e-09, "output_cost_per_token": 1e-09,
+        "litellm_provider": "vercel_ai_gateway"}}, eff)
+    merged = merge(CAT, imported)
+    at = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    assert merged.price_version("gpt-4o", at, "openai")[1].input == D("2.50")
+    assert merged.resolve("openai/gpt-4o", "vercel_ai_gateway") is not None
+
+
+def test_an_import_keeps_the_band_and_tiers_it_does_not_list() -> None:
+    """LiteLLM's claude-sonnet-4-5 lists no long-context band: importing it must not drop
+    ours (300k in + 100k out stays $4.05, batch $2.025)."""
+    eff = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    imported = _import({"claude-sonnet-4-5": {
+        "input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05,
+        "input_cost_per_token_batches": 1.5e-06, "output_cost_per_token_batches": 7.5e-06,
+        "litellm_provider": "anthropic"}}, eff)
+    merged = merge(CAT, imported)
+    at = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    m, v = merged.price_version("claude-sonnet-4-5", at, "anthropic")
+    assert v.version.startswith("imp-")
+    from pipeline.core.pricing import TokenCounts, cost_lines
+
+    counts = TokenCounts(input_tokens=300_000, output_tokens=100_000)
+    assert cost_lines(counts, m, v, currency="USD").total_cost == D("4.05")
+    assert cost_lines(counts, m, v, currency="USD", service_tier="batch").total_cost \
+        == D("2.025")
+
+
+def test_in_a_tie_of_dates_the_later_correction_wins() -> None:
+    eff = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    first = merge(CAT, _import({"gpt-4o": {"input_cost_per_token": 1e-06,
+                                           "output_cost_per_token": 1e-06,
+                                           "litellm_provider": "openai"}}, eff))
+    second = merge(first, _import({"gpt-4o": {"input_cost_per_token": 2e-06,
+                                              "output_cost_per_token": 2e-06,
+                                              "litellm_provider": "openai"}}, eff))
+    v = second.price_version("gpt-4o", datetime(2026, 2, 1, tzinfo=timezone.utc), "openai")[1]
+    assert v.input == D("2.000000")
+
+
+def test_google_batch_lists_the_standard_cache_price() -> None:
+    """Google's batch tab lists the same cache price as standard: no discount on cached
+    tokens (a bare 0.5 multiplier would halve them)."""
+    for m in CAT.models:
+        if m.provider != "google":
+            continue
+        for v in m.versions:
+            batch = v.tiers.get("batch")
+            if batch is not None and v.cache_read is not None:
+                assert batch.cache_read == v.cache_read, (m.model, v.version)
+                if v.long_context is not None and v.long_context.cache_read is not None:
+                    assert batch.long_context is not None
+                    assert batch.long_context.cache_read == v.long_context.cache_read

@@ -43,15 +43,13 @@ GOOGLE = version(input="1.25", output="10", cache_read="0.125",
                                "cache_read": "0.25"},
                  tiers={"batch": {"multiplier": "0.5"}})
 VERSIONS = {"anthropic": ANTHROPIC, "openai": OPENAI, "google": GOOGLE}
-MODEL = ModelPrice(model="m", provider="x", versions=[OPENAI])
-
-
 def calc(v: PriceVersion, tier: str = "standard", *, i: int = 0, o: int = 0, cr: int = 0,
-         cw: int = 0, cw1h: int = 0, r: int = 0) -> D:
+         cw: int = 0, cw1h: int = 0, r: int = 0, provider: str = "openai") -> D:
     c = TokenCounts(input_tokens=i, output_tokens=o, cache_read_input_tokens=cr,
                     cache_creation_input_tokens=cw, reasoning_output_tokens=r,
                     cache_creation_1h_input_tokens=cw1h)
-    return cost_lines(c, MODEL, v, currency="USD", service_tier=tier).total_cost
+    model = ModelPrice(model="m", provider=provider, versions=[v])
+    return cost_lines(c, model, v, currency="USD", service_tier=tier).total_cost
 
 
 @pytest.mark.parametrize(("provider", "tier", "counts", "expected"), [
@@ -86,7 +84,15 @@ def calc(v: PriceVersion, tier: str = "standard", *, i: int = 0, o: int = 0, cr:
     ("google", "batch", dict(i=300_000, cr=100_000, o=10_000), D("0.3375")),
 ])
 def test_composition_table(provider: str, tier: str, counts: dict, expected: D) -> None:
-    assert calc(VERSIONS[provider], tier, **counts) == expected
+    assert calc(VERSIONS[provider], tier, provider=provider, **counts) == expected
+
+
+def test_a_write_without_a_write_price_is_input_only_where_the_provider_bills_so() -> None:
+    """OpenAI and Google bill cache creation as input; anywhere else an unlisted write
+    price is refused, not guessed."""
+    assert calc(OPENAI, i=100_000, cw=100_000, provider="azure") == D("0.125")
+    with pytest.raises(PricingError, match="cache-write"):
+        calc(OPENAI, i=100_000, cw=100_000, provider="bedrock")
 
 
 @pytest.mark.parametrize(("v", "tier", "counts", "fragment"), [
@@ -171,6 +177,14 @@ def catalog_cost(model: str, provider: str | None = None, at: datetime = AT,
      D("0.70")),
     ("gpt-3.5-turbo-0613", "openai", AT, "standard", dict(i=1_000_000, o=1_000_000),
      D("3.50")),
+    # the alias meant -0613 until it moved to -0125 in February 2024
+    ("gpt-3.5-turbo", "openai", datetime(2024, 1, 10, tzinfo=UTC), "standard",
+     dict(i=1_000_000, o=1_000_000), D("3.50")),
+    ("gpt-3.5-turbo", "openai", datetime(2024, 3, 1, tzinfo=UTC), "standard",
+     dict(i=1_000_000, o=1_000_000), D("2.00")),
+    ("o1-mini", "openai", datetime(2024, 9, 20, tzinfo=UTC), "standard",
+     dict(i=1_000_000, o=1_000_000), D("15.00")),  # launch price
+    ("gemini-2.0-flash", "google", AT, "batch", dict(i=1_000_000, cr=1_000_000), D("0.025")),
 ])
 def test_catalog_table(model, provider, at, tier, counts, expected) -> None:
     assert catalog_cost(model, provider, at, tier, **counts) == expected
@@ -183,6 +197,9 @@ def test_catalog_table(model, provider, at, tier, counts, expected) -> None:
     ("gemini-2.5-pro", "google", datetime(2025, 10, 15, tzinfo=UTC), "standard",
      dict(i=1000, cr=500)),
     ("llama-3-70b", "groq", AT, "batch", dict(i=1000)),  # Groq lists no batch price
+    # o1-mini's price cut and the gpt-3.5-turbo alias move happened on dates not found
+    ("o1-mini", "openai", datetime(2025, 1, 15, tzinfo=UTC), "standard", dict(i=1000)),
+    ("gpt-3.5-turbo", "openai", datetime(2024, 2, 10, tzinfo=UTC), "standard", dict(i=1000)),
 ])
 def test_catalog_refuses_what_it_does_not_list(model, provider, at, tier, counts) -> None:
     with pytest.raises(PricingError) as info:
@@ -216,9 +233,10 @@ def test_every_token_is_priced_by_exactly_one_rate(call) -> None:
     try:
         lines = price_lines(c, v, tier)
     except PricingError as exc:
-        # refused only for a line the version does not price
+        # refused only for a line the version does not price, or a window of unknown price
         assert exc.reason_code == "unpriced"
-        assert (c.cache_read_input_tokens or c.cache_creation_1h_input_tokens)
+        assert (v.input is None or v.output is None or c.cache_read_input_tokens
+                or c.cache_creation_1h_input_tokens or c.cache_creation_input_tokens)
         return
     names = [ln.name for ln in lines]
     assert len(names) == len(set(names))  # one rate per line
@@ -229,7 +247,7 @@ def test_every_token_is_priced_by_exactly_one_rate(call) -> None:
     for ln in lines:
         assert ln.cost == ln.tokens * ln.rate.value / D(1_000_000)
         assert ln.rate.value >= 0 and ln.rate.source
-    m = ModelPrice(model="m", provider="x", versions=[v])
+    m = ModelPrice(model="m", provider="openai", versions=[v])  # writes as input, like lines
     priced = cost_lines(c, m, v, currency="USD", service_tier=tier)
     assert priced.total_cost == sum((ln.cost for ln in lines), D(0))
     assert (priced.input_cost + priced.cache_read_cost + priced.cache_write_cost
