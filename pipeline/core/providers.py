@@ -8,6 +8,8 @@ Azure, at Anthropic and Bedrock, at DeepSeek and Together. Events name the provi
 
 from __future__ import annotations
 
+from typing import Any
+
 # spelling -> canonical provider id (the ids the catalog uses)
 _ALIASES: dict[str, str] = {
     "openai": "openai", "openai_api": "openai", "text-completion-openai": "openai",
@@ -60,3 +62,13 @@ def split_model(provider: str, model: str) -> tuple[str | None, str]:
         if prefixed is not None:
             return prefixed, rest
     return canonical(provider), name
+
+
+# the providers' names for the tier a call ran in -> ours; "auto" says nothing billable
+_TIERS = {"default": "standard", "standard": "standard", "scale": "standard",
+          "flex": "flex", "priority": "priority", "fast": "priority", "batch": "batch"}
+
+
+def service_tier(value: Any) -> str | None:
+    """Our service tier for a provider's ``service_tier`` value, or None when unknown."""
+    return _TIERS.get(value.strip().lower()) if isinstance(value, str) else None

@@ -25,6 +25,7 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
+from pipeline.core.providers import service_tier
 from pipeline.errors import TokenmeterError
 from pipeline.integrations.otel import Recorder
 
@@ -85,6 +86,10 @@ def usage_fields(kwargs: dict[str, Any], response: Any, end_time: Any,
     reasoning = _count(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens"))
     if reasoning:
         fields["reasoning_output_tokens"] = reasoning
+    tier = service_tier(_get(response, "service_tier")
+                        or (kwargs.get("optional_params") or {}).get("service_tier"))
+    if tier is not None:
+        fields["service_tier"] = tier
     if isinstance(end_time, datetime):
         stamp = end_time if end_time.tzinfo else end_time.astimezone()
         fields["timestamp"] = stamp.astimezone(timezone.utc).isoformat()

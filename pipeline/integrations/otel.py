@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from pipeline.core.providers import service_tier
 from pipeline.errors import TokenmeterError
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,15 @@ class UsageSpanProcessor(SpanProcessor):
             log.warning("GenAI span %r lacks a tenant, model or provider; not metered",
                         span.name)
             return
-        counts = {name: value for key, name in _COUNTS.items()
-                  if isinstance(value := attrs.get(key), int)}
+        counts: dict[str, Any] = {name: value for key, name in _COUNTS.items()
+                                  if isinstance(value := attrs.get(key), int)}
+        # the tier the call ran in (semconv: openai.response.service_tier; older instrumentations
+        # gen_ai.openai.response.service_tier): a priority call costs about twice standard
+        tier = service_tier(attrs.get("openai.response.service_tier")
+                            or attrs.get("gen_ai.openai.response.service_tier")
+                            or attrs.get("gen_ai.request.service_tier"))
+        if tier is not None:
+            counts["service_tier"] = tier
         ended = span.end_time or span.start_time or 0
         try:
             self.recorder.record(

@@ -270,3 +270,13 @@ def test_google_batch_lists_the_standard_cache_price() -> None:
                 if v.long_context is not None and v.long_context.cache_read is not None:
                     assert batch.long_context is not None
                     assert batch.long_context.cache_read == v.long_context.cache_read
+
+
+@pytest.mark.parametrize(("value", "tier"), [
+    ("default", "standard"), ("priority", "priority"), ("flex", "flex"), ("Fast", "priority"),
+    ("auto", None), (None, None), (3, None), ("batch", "batch"),
+])
+def test_provider_service_tier_names(value, tier) -> None:
+    from pipeline.core.providers import service_tier
+
+    assert service_tier(value) == tier

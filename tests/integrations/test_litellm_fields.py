@@ -138,3 +138,18 @@ def test_litellm_anthropic_usage_object_is_metered_with_its_1h_writes() -> None:
     # 40k x 3 + 20k x 0.30 + 60k x 3.75 + 40k x 6 + 1000 x 15 (per 1M)
     # = 0.12 + 0.006 + 0.225 + 0.24 + 0.015
     assert p.total_cost == D("0.606")
+
+
+@pytest.mark.parametrize(("kwargs", "response", "tier"), [
+    (kw(), {**resp(prompt_tokens=1, completion_tokens=1), "service_tier": "priority"},
+     "priority"),
+    (kw(), {**resp(prompt_tokens=1, completion_tokens=1), "service_tier": "default"},
+     "standard"),
+    (kw(optional_params={"service_tier": "flex"}), resp(prompt_tokens=1, completion_tokens=1),
+     "flex"),
+    (kw(), resp(prompt_tokens=1, completion_tokens=1), None),
+])
+def test_the_service_tier_the_call_ran_in_is_carried(kwargs, response, tier) -> None:
+    """A gpt-5 priority call metered as standard is billed at half its price."""
+    fields = usage_fields(kwargs, response, END, None)
+    assert fields is not None and fields.get("service_tier") == tier

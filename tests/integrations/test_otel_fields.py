@@ -77,3 +77,18 @@ def test_span_with_a_split_that_does_not_add_up_is_skipped_with_the_reason(
                            "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens": 40_000})
     assert (processor.recorded, processor.skipped, rec.priced) == (0, 1, [])
     assert "inconsistent_counts" in caplog.text
+
+
+@pytest.mark.parametrize(("attrs", "tier"), [
+    ({"openai.response.service_tier": "priority"}, "priority"),
+    ({"gen_ai.openai.response.service_tier": "flex"}, "flex"),
+    ({}, "standard"),
+])
+def test_span_service_tier_is_priced(attrs: dict[str, Any], tier: str) -> None:
+    _, rec = span({"gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-5",
+                   "gen_ai.usage.input_tokens": 1_000_000, "gen_ai.usage.output_tokens": 0,
+                   **attrs})
+    assert rec.priced[0].service_tier.value == tier
+    # gpt-5: 1M input at standard 1.25, flex 0.625, priority 2.50
+    assert rec.priced[0].total_cost == {"standard": D("1.25"), "flex": D("0.625"),
+                                        "priority": D("2.50")}[tier]
