@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file", help="JSONL file or - for stdin")
     sp.add_argument("--batch", type=int, default=100, help="events per batch envelope (1: none)")
 
+    from pipeline.cli.ingest import DEFAULT_LISTEN, cmd_ingest
+
+    sp = cmd("ingest", cmd_ingest, "HTTP ingest without a worker: POST /api/events -> Kafka")
+    sp.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN,
+                    help="where to serve (beyond loopback only with TOKENMETER_API_TOKEN)")
+    sp.add_argument("--ack-timeout", type=float, default=10.0, metavar="S",
+                    help="answer 503 when Kafka has not acked within S seconds")
+
     sp = cmd("simulate", c.cmd_simulate, "publish realistic synthetic traffic")
     sp.add_argument("--tenants", type=int, default=20)
     sp.add_argument("--rate", type=float, default=100.0, help="events per second")

@@ -223,6 +223,7 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     from pipeline.web.api import register_ops_view, register_spend_view, register_views
     from pipeline.web.budgets_api import register_budget_views, register_forecast_view
     from pipeline.web.dashboard_views import register_dashboard
+    from pipeline.web.ingest import register_ingest_view
 
     auth.install(app, settings)
     register_views(app, runtime)
@@ -231,4 +232,5 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     register_forecast_view(app, runtime)
     register_ops_view(app, runtime)
     register_dashboard(app, runtime)
+    register_ingest_view(app, runtime)
     return runtime

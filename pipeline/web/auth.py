@@ -5,7 +5,9 @@ A page the operator opens in a browser must not be able to drive or read the wor
   web host and ``TOKENMETER_ALLOWED_HOSTS`` are served (403 otherwise).
 - Cross-site "simple requests" (forms, ``text/plain`` fetches) need no CORS preflight: every
   mutating request must say ``Content-Type: application/json`` (415 otherwise), which a
-  browser sends cross-origin only after a preflight this API never grants.
+  browser sends cross-origin only after a preflight this API never grants. ``POST
+  /api/events`` also takes ``application/x-ndjson``: not CORS-safelisted either, so a
+  browser preflights it just the same.
 - A browser marks where a request comes from: an ``Origin`` that is not this server, or
   ``Sec-Fetch-Site: cross-site``/``same-site``, is refused (403). The dashboard's own calls
   are same-origin; the CLI, the SDK and curl send neither header.
@@ -33,6 +35,9 @@ PROBE_PATHS = {"/health", "/metrics"}
 OPEN_PATHS = PROBE_PATHS | PAGE_PATHS  # probes and the page; no tenant data
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 FOREIGN_SITES = {"cross-site", "same-site"}
+JSON_TYPES = frozenset({"application/json"})
+# routes that also take NDJSON bodies (HTTP ingest): path -> media types accepted
+BODY_TYPES = {"/api/events": JSON_TYPES | {"application/x-ndjson"}}
 
 Refusal = tuple[int, str]
 
@@ -100,9 +105,10 @@ def refusal(method: str, path: str, headers: Mapping[str, str],
         return 403, (f"Host {raw_host!r} is not served here (DNS rebinding guard); reach the "
                      "API by 127.0.0.1 or localhost, or add the name to "
                      "TOKENMETER_ALLOWED_HOSTS (comma-separated)")
-    if method.upper() in MUTATING and _media_type(headers.get("Content-Type")) != \
-            "application/json":
-        return 415, (f"{method.upper()} needs 'Content-Type: application/json' (got "
+    types = BODY_TYPES.get(path, JSON_TYPES)
+    if method.upper() in MUTATING and _media_type(headers.get("Content-Type")) not in types:
+        wanted = " or ".join(f"'Content-Type: {t}'" for t in sorted(types))
+        return 415, (f"{method.upper()} needs {wanted} (got "
                      f"{headers.get('Content-Type') or 'none'!r}); send the body as JSON")
     if method.upper() in ("GET", "HEAD") and path in PAGE_PATHS:
         return None  # a link from another site may open the dashboard page
@@ -119,8 +125,9 @@ def refusal(method: str, path: str, headers: Mapping[str, str],
     return None
 
 
-def install(app: Any, settings: Settings) -> None:
-    """Guard every route (Host, content type, origin), and require the token when set."""
+def middlewares(settings: Settings) -> list[Any]:
+    """aiohttp middlewares guarding every route (Host, content type, origin; the token when
+    set): the worker's and the standalone ingest process's."""
     from aiohttp import web
 
     allowed = allowed_hosts(settings)
@@ -133,9 +140,8 @@ def install(app: Any, settings: Settings) -> None:
             return web.json_response({"error": message}, status=status)
         return await handler(request)
 
-    app.web.web_app.middlewares.append(guard)
     if settings.api_token is None:
-        return
+        return [guard]
     expected = settings.api_token.get_secret_value()
 
     @web.middleware
@@ -146,4 +152,9 @@ def install(app: Any, settings: Settings) -> None:
         return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                  headers={"WWW-Authenticate": "Bearer"})
 
-    app.web.web_app.middlewares.append(require_token)
+    return [guard, require_token]
+
+
+def install(app: Any, settings: Settings) -> None:
+    """Guard every route (Host, content type, origin), and require the token when set."""
+    app.web.web_app.middlewares.extend(middlewares(settings))
