@@ -41,6 +41,8 @@ Send = Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
 RETRY_FULL_S = 1  # a slot frees as soon as one request is answered
 RETRY_BROKER_S = 5  # Kafka being away is rarely a matter of milliseconds
 THREAD_ABOVE = 200  # items: check larger requests off the event loop (it keeps metering)
+# a client trickling its body would hold an in-flight slot: the whole body within this
+READ_TIMEOUT_S = 30.0
 
 
 def _refused(r: Refused, headers: dict[str, str] | None = None) -> web.Response:
@@ -61,16 +63,20 @@ async def _read(request: web.Request, limit: int) -> bytes | None:
         chunks.append(chunk)
 
 
+
+
 class Ingest:
     """The POST /api/events handler of one process."""
 
     def __init__(self, meter: Meter, clock: Callable[[], datetime], send: Send, *,
-                 gate: Gate | None = None, ack_timeout: float = 10.0) -> None:
+                 gate: Gate | None = None, ack_timeout: float = 10.0,
+                 read_timeout: float = READ_TIMEOUT_S) -> None:
         self.meter = meter
         self.clock = clock
         self.send = send
         self.gate = gate or Gate()
         self.ack_timeout = ack_timeout
+        self.read_timeout = read_timeout
 
     async def _publish(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
         futures = [await self.send(key, value) for key, value in messages]
@@ -94,7 +100,16 @@ class Ingest:
                                     "flight; retry after the Retry-After seconds"),
                             {"Retry-After": str(RETRY_FULL_S)})
         try:
-            body = await _read(request, MAX_REQUEST_BYTES)
+            try:
+                body = await asyncio.wait_for(_read(request, MAX_REQUEST_BYTES),
+                                              self.read_timeout)
+            except asyncio.TimeoutError:
+                return _refused(Refused(408, "timeout", "the request body did not arrive "
+                                        f"within {self.read_timeout:g} s"))
+            except ConnectionError:
+                # the client closed before sending its body: nobody hears an answer, and a
+                # traceback per vanished client would flood the log
+                return web.Response(status=400)
             if body is None:
                 return _refused(Refused(413, "too_large", "request body exceeds "
                                         f"{MAX_REQUEST_BYTES} bytes: split it"))
