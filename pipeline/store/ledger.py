@@ -167,3 +167,44 @@ def bucket_history(store: Store, budget: Any, since: datetime, until: datetime,
             parameters=params,
         )
     ]
+
+
+class ClickHouseLedger:
+    """The ledger reads of the metering step over one Store (LedgerReads of stream/ports)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def existing_ids(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """See :func:`existing_ids`."""
+        return existing_ids(self.store, pairs)
+
+    def period_spend(self, budget: Any, start: datetime, end: datetime) -> dict[str, Any]:
+        """See :func:`period_spend`."""
+        return period_spend(self.store, budget, start, end)
+
+    def fired_breaches(self, budget_id: str, period_start: datetime) -> set[str]:
+        """See :func:`fired_breaches`."""
+        return fired_breaches(self.store, budget_id, period_start)
+
+    def watermarks(self, partitions: Iterable[int]) -> dict[int, datetime]:
+        """See :func:`watermarks`."""
+        return watermarks(self.store, partitions)
+
+    def recent_ids(self, partition: int, since: datetime,
+                   limit: int) -> list[tuple[str, datetime]]:
+        """See :func:`recent_ids`."""
+        return recent_ids(self.store, partition, since, limit)
+
+    def window_sums(self, partition: int | None, kind: str,
+                    since: datetime) -> list[tuple[Any, ...]]:
+        """See :func:`window_sums`."""
+        return window_sums(self.store, partition, kind, since)
+
+    def tenant_partitions(self, since: datetime) -> list[tuple[str, int]]:
+        """See :func:`tenant_partitions`."""
+        return tenant_partitions(self.store, since)
+
+    def stored_budgets(self) -> list[tuple[str, str, bool]]:
+        """See :func:`stored_budgets`."""
+        return stored_budgets(self.store)

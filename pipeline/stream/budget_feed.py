@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from pipeline.core.budgets import Budget
 from pipeline.settings import TOPIC_BUDGETS, Settings
-from pipeline.store import ledger
 from pipeline.store.sink import Sink
 from pipeline.stream.processor import Processor
 from pipeline.stream.topics import kafka_client_options
@@ -89,8 +88,7 @@ async def run_budget_feed(settings: Settings, processor: Processor, sink: Sink,
     """Load mirrored budgets, then follow the topic from its start; sets ``loaded``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    for budget_id, spec, deleted in await asyncio.to_thread(ledger.stored_budgets,
-                                                            processor.store):
+    for budget_id, spec, deleted in await asyncio.to_thread(processor.ledger.stored_budgets):
         if deleted:
             continue
         try:

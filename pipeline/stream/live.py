@@ -11,8 +11,8 @@ from typing import Any
 
 from pipeline.core.dedup import DedupIndex
 from pipeline.core.spend import WINDOW_SIZE, WINDOWS, SpendTotals, WindowKind, window_start
-from pipeline.store import ledger
 from pipeline.store.client import Store
+from pipeline.stream.ports import LedgerReads, ledger_reads
 
 log = logging.getLogger(__name__)
 WindowKey = tuple[str, WindowKind, datetime]
@@ -75,17 +75,20 @@ class LiveState:
         for p in partitions:
             self.partitions.pop(p, None)
 
-    def rebuild(self, store: Store, partitions: set[int], now: datetime,
+    def rebuild(self, source: LedgerReads | Store, partitions: set[int], now: datetime,
                 partition_of: Callable[[str], int] | None = None) -> None:
         """Load dedup ids, watermarks and open windows of ``partitions`` from the ledger.
+
+        ``source`` is the ledger (any LedgerReads), or a Store read through ClickHouseLedger.
 
         With ``partition_of``, a changed partition count is detected (tenants stored under a
         partition that is no longer theirs): dedup then checks every id older than now
         against the ledger (by tenant, not partition), and open windows are summed from every
         partition, so an event stored under its old partition is still counted once.
         """
-        marks = ledger.watermarks(store, partitions)
-        stored = (ledger.tenant_partitions(store, now - self.horizon)
+        ledger = ledger_reads(source)
+        marks = ledger.watermarks(partitions)
+        stored = (ledger.tenant_partitions(now - self.horizon)
                   if partition_of is not None else [])
         relaid = partition_of is not None and any(partition_of(t) != q for t, q in stored)
         if relaid:
@@ -93,14 +96,14 @@ class LiveState:
                         "partition count changed): older event ids are checked in the ledger")
         if relaid:
             # a partition's events may be stored under others: judge lateness by them all
-            every = ledger.watermarks(store, {q for _, q in stored} | partitions)
+            every = ledger.watermarks({q for _, q in stored} | partitions)
             latest = max(every.values(), default=None)
             marks = {p: latest for p in partitions} if latest is not None else {}
         for p in partitions:
             # bounded by the clock, as when metering: a far-ahead event moves no lateness
             wm = min(as_utc(marks[p]), now) if p in marks else None
             since = (wm or now) - self.horizon
-            ids = ledger.recent_ids(store, p, since, self.max_ids)
+            ids = ledger.recent_ids(p, since, self.max_ids)
             dedup = DedupIndex(self.max_ids, self.horizon, watermark=since)
             for eid, ts in ids:
                 dedup.add(eid, as_utc(ts))
@@ -112,8 +115,7 @@ class LiveState:
             if wm is not None:
                 for kind in WINDOWS:
                     open_from = window_start(kind, wm - self.grace)
-                    for row in ledger.window_sums(store, None if relaid else p, kind,
-                                                  open_from):
+                    for row in ledger.window_sums(None if relaid else p, kind, open_from):
                         if relaid and partition_of is not None and partition_of(row[0]) != p:
                             continue
                         st.windows[(row[0], kind, as_utc(row[1]))] = _totals(row[2:])
