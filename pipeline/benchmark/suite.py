@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from pipeline.benchmark.http_ingest import run as http_ingest
 from pipeline.benchmark.scale_out import run as scale_out
 from pipeline.benchmark.throughput import free_port, make_events
 from pipeline.benchmark.throughput import run as throughput
@@ -292,6 +293,10 @@ def run_all(progress: Progress = lambda s: None, quick: bool = False) -> dict[st
     out["latency_p50_ms_2000_sdk_batched"] = sdk["latency_p50_ms"]
     out["latency_p99_ms_2000_sdk_batched"] = sdk["latency_p99_ms"]
     out.update(scale_out(n=20_000 if quick else 40_000, progress=progress))
+    out.update(http_ingest(n_kafka=10_000 if quick else 20_000,
+                           n_batched=10_000 if quick else 20_000,
+                           n_single=1_000 if quick else 3_000,
+                           n_mixed=2_000 if quick else 5_000, progress=progress))
     progress("forecast speed")
     out.update(forecast_speed(100 if quick else 300))
     return out
