@@ -230,3 +230,10 @@ def decide(base_url: str, *, tenant_id: str, model: str, estimated_input_tokens:
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - caller's URL
         result: dict[str, Any] = json.loads(resp.read())
         return result
+
+
+# at the end: the wrappers import anthropic_usage from this module
+from pipeline.sdk.instrument import CallMeter, instrument, meter_run  # noqa: E402
+
+__all__ = ["AsyncUsageProducer", "CallMeter", "UsageProducer", "anthropic_usage", "decide",
+           "instrument", "meter_run"]
