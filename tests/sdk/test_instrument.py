@@ -519,3 +519,60 @@ def test_async_anthropic_cached_call_under_a_run() -> None:
     assert tokens(event) == (1550, 1000, 500, 300, 100, 0)
     assert event["trace_id"] == "run-async"
     assert resp.tokenmeter.cost == Decimal("0.0045")
+
+
+# ---- through the real producer, broker and worker into the ledger ---------------------
+
+@pytest.mark.integration
+def test_the_ledger_holds_exactly_what_each_scenario_bills(settings: Any) -> None:
+    from pipeline.sdk import UsageProducer
+    from pipeline.stream.topics import ensure_topics
+    from tests.helpers import now, query, start_worker, wait_events, wait_ready
+
+    asyncio.run(ensure_topics(settings))
+    worker = start_worker(settings)  # on the suite's pinned clock, as are the events
+    try:
+        wait_ready(settings, worker)
+        with UsageProducer(settings.kafka_bootstrap, topic=settings.topic("usage-events"),
+                           clock=now) as producer:
+            def o(*replies: Reply, retries: int = 2) -> openai.OpenAI:
+                client = oai(FakeAPI(*replies), producer, max_retries=retries)
+                return instrument(client, producer=producer, tenant="acme", clock=now)
+
+            o(json_reply("openai_chat.json")).chat.completions.create(
+                model="gpt-4o", messages=PROMPT)
+            o(json_reply("openai_error_429.json", 429), json_reply("openai_chat.json")) \
+                .chat.completions.create(model="gpt-4o", messages=PROMPT)
+            with pytest.raises(openai.APITimeoutError):
+                o(json_reply("openai_error_500.json", 500), timeout_reply, retries=1) \
+                    .chat.completions.create(model="gpt-4o", messages=PROMPT)
+            for chunk in o(sse_reply("openai_chat_stream.json")).chat.completions.create(
+                    model="gpt-4o-mini", messages=PROMPT, stream=True):
+                if chunk.choices[0].delta.content == " world":
+                    break
+            client = instrument(ant(FakeAPI(json_reply("anthropic_message_cached.json")),
+                                    producer), producer=producer, tenant="acme", clock=now)
+            with meter_run("run-ledger"):
+                client.messages.create(model="claude-sonnet-4-5", max_tokens=100,
+                                       messages=PROMPT)
+        assert wait_events(settings, 7) == 7
+        rows = query(settings, "SELECT attributes['status'], attributes['attempt'], model, "
+                               "input_tokens, output_tokens, toString(total_cost), trace_id "
+                               "FROM tokenmeter.usage_events FINAL ORDER BY total_cost, "
+                               "attributes['status'], model, attributes['attempt']")
+        assert [(s, a, m, int(i), int(out), Decimal(c), t) for s, a, m, i, out, c, t in rows] == [
+            ("rejected", "1", "gpt-4o", 0, 0, Decimal(0), ""),  # the 429
+            ("rejected", "1", "gpt-4o", 0, 0, Decimal(0), ""),  # the 500
+            ("cancelled", "1", "gpt-4o-mini-2024-07-18", 3, 2, Decimal("0.00000165"), ""),
+            ("timeout", "2", "gpt-4o", 3, 0, Decimal("0.0000075"), ""),
+            ("ok", "1", "claude-sonnet-4-5-20250929", 1550, 100, Decimal("0.0045"),
+             "run-ledger"),
+            ("ok", "1", "gpt-4o-2024-08-06", 1200, 300, Decimal("0.006"), ""),
+            ("ok", "2", "gpt-4o-2024-08-06", 1200, 300, Decimal("0.006"), ""),
+        ]
+        [[total]] = query(settings, "SELECT toString(sum(total_cost)) "
+                                    "FROM tokenmeter.usage_events FINAL")
+        assert Decimal(total) == Decimal("0.01650915")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
