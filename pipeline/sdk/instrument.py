@@ -30,6 +30,7 @@ Metering never breaks the caller's call: a failure to price or record is logged 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
@@ -378,11 +379,10 @@ def _timeout_errors() -> tuple[type[BaseException], ...]:
 _NOT_SENT = _not_sent_errors()
 _TIMEOUTS = _timeout_errors()
 _CANCELS: tuple[type[BaseException], ...] = (GeneratorExit, KeyboardInterrupt)
+_PENDING: set[asyncio.Task[None]] = set()
 
 
 def _error_status(exc: BaseException) -> str:
-    import asyncio
-
     if isinstance(exc, (*_CANCELS, asyncio.CancelledError)):
         return "cancelled"
     if isinstance(exc, _TIMEOUTS) or isinstance(exc.__cause__, _TIMEOUTS):
@@ -750,6 +750,12 @@ def _response_usage(api: str, response: Any) -> CallUsage | None:
     return openai_chat_usage(usage, _get(response, "service_tier"))
 
 
+def _observe(inner: Any, state: _StreamState) -> Iterator[Any]:
+    for item in inner:
+        if not state.observe(item):
+            yield item
+
+
 class MeteredStream:
     """A provider stream that records its usage when it ends (iterate it in one loop).
 
@@ -762,13 +768,10 @@ class MeteredStream:
         self._call = call
         self._meterer = meterer
         self._state = _StreamState(call.api, call.hide_usage_chunk)
-        self._gen = self._run()
+        # a free function, not a method: a generator holding self would make a reference
+        # cycle, and __del__ (recording a dropped stream) would wait for the cyclic GC
+        self._gen = _observe(inner, self._state)
         self.tokenmeter = call.meter
-
-    def _run(self) -> Iterator[Any]:
-        for item in self._inner:
-            if not self._state.observe(item):
-                yield item
 
     def _finish(self, exc: BaseException | None) -> None:
         if self._call.meter.done:
@@ -818,9 +821,10 @@ class MeteredStream:
 
     def __del__(self) -> None:
         # a stream dropped without being read to the end or closed was still billed
-        if not getattr(self, "_call", None) or self._call.meter.done:
+        if "_call" not in self.__dict__ or self._call.meter.done:
             return
         try:
+            self._close_inner()
             self._finish(GeneratorExit())
         except Exception:  # noqa: BLE001, S110 - nothing to tell in a finalizer
             pass
@@ -873,6 +877,20 @@ class AsyncMeteredStream:
 
     async def __aenter__(self) -> AsyncMeteredStream:
         return self
+
+    def __del__(self) -> None:
+        # dropped unfinished (``break`` out of ``async for``): record on the running loop
+        if "_call" not in self.__dict__ or self._call.meter.done:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            log.error("tokenmeter: stream of request %s dropped outside its event loop; "
+                      "not recorded (use `async with`)", self._call.meter.request_id)
+            return
+        task = loop.create_task(self.close())
+        _PENDING.add(task)  # a task only weakly referenced by the loop could be collected
+        task.add_done_callback(_PENDING.discard)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()

@@ -501,6 +501,32 @@ def test_async_openai_stream_cut_with_async_with() -> None:
     assert stream.tokenmeter.estimated
 
 
+def test_async_openai_stream_abandoned_in_a_loop_is_still_recorded() -> None:
+    fake, meter = FakeAPI(sse_reply("openai_chat_stream.json")), AsyncCollect()
+
+    async def go() -> None:
+        client = aoai(fake, meter)
+        async for chunk in await client.chat.completions.create(
+                model="gpt-4o-mini", messages=PROMPT, stream=True):
+            if chunk.choices[0].delta.content == "Hello":
+                break  # no close(), no `async with`: the stream is dropped here
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(go())
+    [event] = meter.events
+    assert tokens(event) == (3, 0, 0, 0, 1, 0)
+    assert event["attributes"]["status"] == "cancelled"
+
+
+def test_sync_stream_dropped_unread_is_still_recorded() -> None:
+    fake, meter = FakeAPI(sse_reply("openai_chat_stream.json")), Collect()
+    oai(fake, meter).chat.completions.create(model="gpt-4o-mini", messages=PROMPT, stream=True)
+    [event] = meter.events  # the prompt was sent and processed: it is billed
+    assert tokens(event) == (3, 0, 0, 0, 0, 0)
+    assert attrs(event, "status", "estimated") == {"status": "cancelled", "estimated": "true"}
+
+
 def test_async_anthropic_cached_call_under_a_run() -> None:
     fake, meter = FakeAPI(json_reply("anthropic_message_cached.json")), AsyncCollect()
 
