@@ -297,6 +297,32 @@ def test_openai_stream_without_a_usage_chunk_is_estimated_not_an_error() -> None
     assert attrs(event, "status", "estimated") == {"status": "ok", "estimated": "true"}
 
 
+def test_openai_responses_stream_records_response_completed_usage() -> None:
+    fake = FakeAPI(sse_reply("openai_responses_stream.json", named=True))
+    meter = Collect()
+    stream = oai(fake, meter).responses.create(model="gpt-4o", input="Hi", stream=True)
+    kinds = [e.type for e in stream]
+    assert kinds == ["response.created", "response.output_text.delta",
+                     "response.output_text.delta", "response.completed"]
+    [event] = meter.events
+    assert tokens(event) == (1000, 800, 0, 0, 100, 0)
+    assert attrs(event, "api", "status", "estimated") == {
+        "api": "responses", "status": "ok", "estimated": "false"}
+
+
+def test_openai_responses_stream_cut_counts_the_deltas() -> None:
+    fake = FakeAPI(sse_reply("openai_responses_stream.json", named=True))
+    meter = Collect()
+    stream = oai(fake, meter).responses.create(model="gpt-4o", input="Say hello world",
+                                               stream=True)
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            break
+    [event] = meter.events
+    assert tokens(event) == (3, 0, 0, 0, 1, 0)  # prompt 3 tokens, "Hello" 1 token
+    assert event["attributes"]["status"] == "cancelled"
+
+
 # ---- OpenAI, failures and retries ----------------------------------------------------
 
 def test_openai_429_then_success_records_both_attempts() -> None:
