@@ -473,6 +473,7 @@ class _StreamState:
         self.final: CallUsage | None = None
         self.partial: CallUsage | None = None
         self.tier: Any = None
+        self.start: dict[str, Any] = {}  # Anthropic's message_start usage, as sent
         self.text: list[str] = []
 
     def observe(self, item: Any) -> bool:
@@ -512,7 +513,8 @@ class _StreamState:
         if kind == "message_start":
             message = _get(event, "message")
             self.model = _get(message, "model") or self.model
-            self.partial = anthropic_call_usage(_get(message, "usage"))
+            self.start = _as_dict(_get(message, "usage"))
+            self.partial = anthropic_call_usage(self.start)
         elif kind == "content_block_delta":
             delta = _get(event, "delta")
             for key in ("text", "partial_json", "thinking"):
@@ -522,7 +524,7 @@ class _StreamState:
         elif kind == "message_delta":
             usage = _get(event, "usage")
             if usage is not None:
-                self.final = _merge_anthropic(self.partial, usage)
+                self.final = merge_anthropic(self.start, usage)
 
     def _responses(self, event: Any) -> None:
         kind = _get(event, "type") or ""
@@ -538,25 +540,18 @@ class _StreamState:
             self.text.append(delta)
 
 
-def _merge_anthropic(start: CallUsage | None, delta_usage: Any) -> CallUsage:
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    dump = getattr(obj, "model_dump", None)
+    return dict(dump()) if callable(dump) else {}
+
+
+def merge_anthropic(start: Mapping[str, Any], delta_usage: Any) -> CallUsage:
     """message_delta's usage is cumulative; fields it leaves out keep message_start's."""
-    merged: dict[str, Any] = {}
-    for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
-                 "output_tokens"):
-        value = _get(delta_usage, name)
-        if value is not None:
-            merged[name] = value
-    if start is None:
-        return anthropic_call_usage(merged) or NO_TOKENS
-    # start is in our semantics already; re-derive only when the delta restates the input
-    if "input_tokens" in merged:
-        nested = anthropic_call_usage(merged) or NO_TOKENS
-        return replace(nested, service_tier=start.service_tier,
-                       provider_service_tier=start.provider_service_tier,
-                       cache_creation_1h_input_tokens=min(
-                           start.cache_creation_1h_input_tokens,
-                           nested.cache_creation_input_tokens))
-    return replace(start, output_tokens=int(merged.get("output_tokens", start.output_tokens)))
+    merged = dict(start)
+    merged.update({k: v for k, v in _as_dict(delta_usage).items() if v is not None})
+    return anthropic_call_usage(merged) or NO_TOKENS
 
 
 class _Meterer:

@@ -628,3 +628,21 @@ def test_the_ledger_holds_exactly_what_each_scenario_bills(settings: Any) -> Non
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_anthropic_message_delta_restating_the_input_keeps_the_cache_split() -> None:
+    from pipeline.sdk.instrument import merge_anthropic
+
+    start = {"input_tokens": 50, "output_tokens": 1, "cache_read_input_tokens": 1000,
+             "cache_creation_input_tokens": 500,
+             "cache_creation": {"ephemeral_5m_input_tokens": 200,
+                                "ephemeral_1h_input_tokens": 300}}
+    # newer APIs restate input counts in message_delta; fields left out (or null) keep
+    # message_start's, so the cache reads and the 1-hour writes are not lost
+    for delta in ({"output_tokens": 100},
+                  {"input_tokens": 50, "output_tokens": 100, "cache_read_input_tokens": None},
+                  {"input_tokens": 50, "cache_read_input_tokens": 1000,
+                   "cache_creation_input_tokens": 500, "output_tokens": 100}):
+        u = merge_anthropic(start, delta)
+        assert (u.input_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens,
+                u.cache_creation_1h_input_tokens, u.output_tokens) == (1550, 1000, 500, 300, 100)
