@@ -284,6 +284,38 @@ def test_reprice_runs_on_the_served_store(http_store: Store) -> None:
                            "AND name LIKE 'reprice_staging%'") == [(0,)]
 
 
+def test_reprice_after_a_crash_finishes_on_the_served_store(http_store: Store) -> None:
+    """A run that stopped after its journal is finished by the next one (its journal and
+    batch queries pass the served store's checks), counted once in the rollups."""
+    from datetime import timedelta as td
+
+    from pipeline.store.reprice import reprice
+    from pipeline.store.sink import usage_row
+
+    now = clock_now()
+    p = METER.meter_object(Simulator(tenants=1, seed=6, text_share=0.0).event(now), now=now)
+    row = usage_row(p, late=False, partition=0, offset=1, ingested_at=now)
+    row[USAGE_COLUMNS.index("total_cost")] = p.total_cost + 1  # a wrong stored price
+    http_store.insert("usage_events", [row], USAGE_COLUMNS)
+
+    def crash(stage: str, day: object) -> None:
+        if stage == "journal":
+            raise RuntimeError("stopped after the journal")
+
+    with pytest.raises(RuntimeError):
+        reprice(http_store, load_catalog(), now - td(days=1), now + td(days=1), now,
+                dry_run=False, hook=crash)
+    done = reprice(http_store, load_catalog(), now - td(days=1), now + td(days=1), now,
+                   dry_run=False)
+    assert done["events_repriced"] == 1
+    db = http_store.database
+    assert http_store.rows(f"SELECT sum(total_cost) FROM {db}.usage_events FINAL") \
+        == [(p.total_cost,)]
+    for table in ("usage_hourly", "usage_daily"):
+        assert http_store.rows(f"SELECT sum(total_cost) FROM {db}.{table}") \
+            == [(p.total_cost,)]
+
+
 def _metrics(settings: Settings) -> dict[str, float]:
     with urllib.request.urlopen(f"{settings.web_url}/metrics", timeout=5) as r:  # noqa: S310
         return {k: float(v) for k, v in (line.split() for line in r.read().decode().splitlines()

@@ -197,3 +197,153 @@ def test_report(store: Store, tmp_path: Path) -> None:
     assert [str(d) for d, _ in data["daily"]] == [month_start.date().isoformat()]
     page = html_report(data)
     assert "<svg" in page and "tenant-00001" in page
+
+
+# --- re-pricing survives crashes and concurrent runs (issue #17 review) ---------------------
+
+class Injected(Exception):
+    """A fault raised by FaultyStore at a chosen step."""
+
+
+class FaultyStore(Store):
+    """The real store, with one fault at a chosen call: ``before`` raises instead of the call,
+    ``after`` raises once the call has been carried out (a crash right after it)."""
+
+    def __init__(self, inner: Store, *, before: str | None = None,
+                 after: str | None = None) -> None:
+        self.inner, self.database = inner, inner.database
+        self.before, self.after = before, after
+        self.fired = False
+
+    def _step(self, what: str, call: object) -> object:
+        if not self.fired and self.before is not None and self.before in what:
+            self.fired = True
+            raise Injected(f"injected before {what[:60]}")
+        result = call()  # type: ignore[operator]
+        if not self.fired and self.after is not None and self.after in what:
+            self.fired = True
+            raise Injected(f"injected after {what[:60]}")
+        return result
+
+    def command(self, sql: str, settings: dict | None = None) -> object:
+        return self._step(sql, lambda: self.inner.command(sql, settings=settings))
+
+    def query(self, sql: str, settings: dict | None = None,
+              parameters: dict | None = None) -> object:
+        return self.inner.query(sql, settings=settings, parameters=parameters)
+
+    def insert(self, table: str, rows, columns, settings: dict | None = None) -> None:  # noqa: ANN001
+        self._step(f"INSERT INTO {table}",
+                   lambda: self.inner.insert(table, rows, columns, settings=settings))
+
+
+def priced_fix(tmp_path: Path) -> object:
+    """A catalog whose gpt-4o-mini price doubles from the day before DAY."""
+    from pipeline.core.catalog import load_catalog_with_overlays
+
+    import_prices(tmp_path, {"gpt-4o-mini": {"input_cost_per_token": 3e-07,
+                                             "output_cost_per_token": 1.2e-06,
+                                             "litellm_provider": "openai"}},
+                  DAY - timedelta(days=1))
+    return load_catalog_with_overlays(tmp_path / "prices")
+
+
+def run_reprice(store: Store, catalog: object, **kw: object) -> dict:
+    from pipeline.store.reprice import reprice as reprice_store
+
+    return reprice_store(store, catalog, DAY - timedelta(days=1),  # type: ignore[arg-type]
+                         NOW + timedelta(days=1), NOW, dry_run=False, **kw)  # type: ignore[arg-type]
+
+
+def assert_exact(store: Store, old: Decimal) -> None:
+    """Ledger FINAL doubled, rollups equal to it, one audit row per corrected event."""
+    assert ledger_total(store) == 2 * old
+    for rollup, ledger in rollups_vs_ledger(store):
+        assert rollup == ledger
+    assert store.rows(f"SELECT count() FROM {store.database}.reprice_audit")[0][0] == 10
+
+
+def test_reprice_store_error_at_the_rollup_deltas_then_rerun_is_exact(
+        store: Store, tmp_path: Path) -> None:
+    # the ledger was corrected first and the rollups never: the re-run found nothing to change
+    fill(store)
+    old, catalog = ledger_total(store), priced_fix(tmp_path)
+    with pytest.raises(Injected):
+        run_reprice(FaultyStore(store, before="INSERT INTO usage_hourly"), catalog)
+    assert run_reprice(store, catalog)["events_repriced"] == 10
+    assert_exact(store, old)
+    assert run_reprice(store, catalog)["events_repriced"] == 0
+
+
+def test_reprice_crash_after_the_ledger_write_then_rerun_is_exact(
+        store: Store, tmp_path: Path) -> None:
+    fill(store)
+    old, catalog = ledger_total(store), priced_fix(tmp_path)
+    with pytest.raises(Injected):
+        run_reprice(FaultyStore(store, after="ATTACH PARTITION"), catalog)
+    run_reprice(store, catalog)
+    assert_exact(store, old)
+
+
+def test_reprice_crash_before_the_ledger_write_then_stream_inserts_then_rerun_is_exact(
+        store: Store, tmp_path: Path) -> None:
+    # deltas in, ledger not, and a stale-priced event of the day lands before the re-run: the
+    # re-run's change set differs, so a token over it alone would count the deltas twice
+    from pipeline.store.sink import USAGE_COLUMNS
+
+    fill(store)
+    old, catalog = ledger_total(store), priced_fix(tmp_path)
+    db = store.database
+    with pytest.raises(Injected):
+        run_reprice(FaultyStore(store, before="ATTACH PARTITION"), catalog)
+    row = list(store.query(f"SELECT {', '.join(USAGE_COLUMNS)} FROM {db}.usage_events "
+                           "FINAL WHERE event_id = 'op-0'").result_rows[0])
+    row[USAGE_COLUMNS.index("event_id")] = "landed-after-crash"
+    store.insert("usage_events", [row], USAGE_COLUMNS)  # op-0's old (stale) price
+    landed_old = row[USAGE_COLUMNS.index("total_cost")]
+    assert run_reprice(store, catalog)["events_repriced"] == 11
+    assert ledger_total(store) == 2 * (old + landed_old)
+    for rollup, ledger in rollups_vs_ledger(store):
+        assert rollup == ledger
+    assert run_reprice(store, catalog)["events_repriced"] == 0
+
+
+def test_two_reprices_of_a_day_at_once_count_the_correction_once(
+        store: Store, tmp_path: Path) -> None:
+    import threading
+
+    fill(store)
+    old, catalog = ledger_total(store), priced_fix(tmp_path)
+    both_read = threading.Barrier(2, timeout=60)
+    errors: list[BaseException] = []
+
+    def after_read(stage: str, day: object) -> None:
+        if stage == "read" and day == DAY.date():
+            both_read.wait()  # each has read the day before either writes
+
+    def worker() -> None:
+        try:
+            run_reprice(store, catalog, hook=after_read)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert_exact(store, old)
+
+
+def test_reprice_undone_and_redone_stays_exact(store: Store, tmp_path: Path) -> None:
+    # the same correction made twice is not a duplicate to drop: each is its own change
+    from pipeline.core.catalog import load_catalog
+
+    fill(store)
+    old, fixed, base = ledger_total(store), priced_fix(tmp_path), load_catalog()
+    for catalog, total in ((fixed, 2 * old), (base, old), (fixed, 2 * old)):
+        assert run_reprice(store, catalog)["events_repriced"] == 10
+        assert ledger_total(store) == total
+        for rollup, ledger in rollups_vs_ledger(store):
+            assert rollup == ledger
