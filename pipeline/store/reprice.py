@@ -22,6 +22,7 @@ at any step, a re-run, or two identical runs at once count every correction exac
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -54,6 +55,17 @@ _MS = timedelta(milliseconds=1)
 Hook = Callable[[str, date], None]
 
 Delta = dict[tuple[Any, ...], list[Decimal]]
+
+# one re-price per database at a time in this process: two runs that read a day apart (a
+# stale-priced insert landing between their reads) would journal different batches for the
+# same corrections, and no token can tell. Re-entrant: a hook may run a nested re-price.
+_RUNS: dict[str, threading.RLock] = {}
+_RUNS_GUARD = threading.Lock()
+
+
+def _run_lock(database: str) -> threading.RLock:
+    with _RUNS_GUARD:
+        return _RUNS.setdefault(database, threading.RLock())
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +233,12 @@ def reprice(store: Store, catalog: Catalog, start: datetime, end: datetime, now:
     Corrected rows replace the old ones in the ReplacingMergeTree ledger; the hour and day
     rollups receive the cost differences, so they keep agreeing with the exact ledger.
     """
+    with _run_lock(store.database):
+        return _reprice(store, catalog, start, end, now, dry_run=dry_run, hook=hook)
+
+
+def _reprice(store: Store, catalog: Catalog, start: datetime, end: datetime, now: datetime,
+             *, dry_run: bool, hook: Hook | None) -> dict[str, Any]:
     diff: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
     changed_total = unpriced = 0
     staging: str | None = None

@@ -248,11 +248,11 @@ def priced_fix(tmp_path: Path) -> object:
     return load_catalog_with_overlays(tmp_path / "prices")
 
 
-def run_reprice(store: Store, catalog: object, **kw: object) -> dict:
+def run_reprice(store: Store, catalog: object, now: datetime = NOW, **kw: object) -> dict:
     from pipeline.store.reprice import reprice as reprice_store
 
     return reprice_store(store, catalog, DAY - timedelta(days=1),  # type: ignore[arg-type]
-                         NOW + timedelta(days=1), NOW, dry_run=False, **kw)  # type: ignore[arg-type]
+                         NOW + timedelta(days=1), now, dry_run=False, **kw)  # type: ignore[arg-type]
 
 
 def assert_exact(store: Store, old: Decimal) -> None:
@@ -308,32 +308,61 @@ def test_reprice_crash_before_the_ledger_write_then_stream_inserts_then_rerun_is
     assert run_reprice(store, catalog)["events_repriced"] == 0
 
 
-def test_two_reprices_of_a_day_at_once_count_the_correction_once(
-        store: Store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stage", ["read", "journal", "deltas"])
+def test_two_identical_reprices_of_a_day_at_once_count_the_correction_once(
+        store: Store, tmp_path: Path, stage: str) -> None:
+    # a CLI retry or a second worker (another process: the in-process lock does not see it),
+    # a second later, runs the whole re-price while the first is at ``stage`` of the day
+    fill(store)
+    old, catalog = ledger_total(store), priced_fix(tmp_path)
+    nested: list[dict] = []
+
+    def other_run(at: str, day: object) -> None:
+        if at == stage and day == DAY.date() and not nested:
+            nested.append(run_reprice(store, catalog, now=NOW + timedelta(seconds=1)))
+
+    run_reprice(store, catalog, hook=other_run)
+    assert len(nested) == 1
+    assert_exact(store, old)
+    assert run_reprice(store, catalog)["events_repriced"] == 0
+
+
+def test_reprices_in_one_process_wait_for_each_other(store: Store, tmp_path: Path) -> None:
+    # two HTTP re-prices on one worker: a stale-priced insert lands between their reads, so
+    # their change sets (and tokens) differ; the second must not start until the first ends
     import threading
+
+    from pipeline.store.sink import USAGE_COLUMNS
 
     fill(store)
     old, catalog = ledger_total(store), priced_fix(tmp_path)
-    both_read = threading.Barrier(2, timeout=60)
+    db = store.database
+    row = list(store.query(f"SELECT {', '.join(USAGE_COLUMNS)} FROM {db}.usage_events "
+                           "FINAL WHERE event_id = 'op-0'").result_rows[0])
+    row[USAGE_COLUMNS.index("event_id")] = "landed-between-reads"
     errors: list[BaseException] = []
 
-    def after_read(stage: str, day: object) -> None:
-        if stage == "read" and day == DAY.date():
-            both_read.wait()  # each has read the day before either writes
-
-    def worker() -> None:
+    def second() -> None:
         try:
-            run_reprice(store, catalog, hook=after_read)
+            run_reprice(store, catalog)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
-    assert_exact(store, old)
+    other = threading.Thread(target=second)
+
+    def land_and_start_the_other(at: str, day: object) -> None:
+        if at == "read" and day == DAY.date() and other.ident is None:
+            store.insert("usage_events", [row], USAGE_COLUMNS)
+            other.start()
+            other.join(3)  # time enough to run whole, were it not made to wait
+
+    run_reprice(store, catalog, hook=land_and_start_the_other)
+    other.join(120)
+    assert errors == [] and not other.is_alive()
+    landed_old = row[USAGE_COLUMNS.index("total_cost")]
+    assert ledger_total(store) == 2 * (old + landed_old)
+    for rollup, ledger in rollups_vs_ledger(store):
+        assert rollup == ledger
 
 
 def test_reprice_undone_and_redone_stays_exact(store: Store, tmp_path: Path) -> None:
