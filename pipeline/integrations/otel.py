@@ -22,22 +22,15 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from pipeline.core.providers import service_tier
+from pipeline.core.validate import OTEL_ALIASES
 from pipeline.errors import TokenmeterError
 
 log = logging.getLogger(__name__)
 
-# The GenAI conventions name no split of cache writes by lifetime; the two ephemeral_* names
-# are the ones instrumentations emit for Anthropic's 5-minute / 1-hour split (not standard,
-# accepted as found; validation checks they add up to the cache_creation total when both come)
-_COUNTS = {
-    "gen_ai.usage.input_tokens": "input_tokens",
-    "gen_ai.usage.output_tokens": "output_tokens",
-    "gen_ai.usage.cache_read.input_tokens": "cache_read_input_tokens",
-    "gen_ai.usage.cache_creation.input_tokens": "cache_creation_input_tokens",
-    "gen_ai.usage.cache_creation.ephemeral_5m_input_tokens": "cache_creation_5m_input_tokens",
-    "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens": "cache_creation_1h_input_tokens",
-    "gen_ai.usage.reasoning.output_tokens": "reasoning_output_tokens",
-}
+# the token counts among the OpenTelemetry names validation accepts (one list, in validate:
+# the GenAI conventions name no split of cache writes by lifetime; the ephemeral_* pair is what
+# instrumentations emit for Anthropic's 5-minute / 1-hour split)
+_COUNTS = {k: v for k, v in OTEL_ALIASES.items() if k.startswith("gen_ai.usage.")}
 
 
 class Recorder(Protocol):
