@@ -149,9 +149,23 @@ async def reprice(ctx: OpContext, body: dict[str, Any]) -> dict[str, Any]:
     catalog = load_catalog_with_overlays(ctx.settings.prices_dir)
     result: dict[str, Any] = await asyncio.to_thread(run, ctx.store, catalog, start, end,
                                                      ctx.now, dry_run=bool(body.get("dry_run")))
-    if result["events_repriced"] and not result["dry_run"] and ctx.after_reprice is not None:
+    changed = bool(result["events_repriced"]) and not result["dry_run"]
+    if changed and ctx.after_reprice is not None:
         await ctx.after_reprice()
+    # said in the answer: nothing tells the other workers (or any worker, when the CLI ran
+    # it against a ClickHouse server) to reload what they hold in memory
+    result["live_state"] = (
+        "unchanged" if not changed else
+        (LIVE_REFRESHED if ctx.after_reprice is not None else LIVE_STALE))
     return result
+
+
+LIVE_STALE = ("not refreshed: running workers keep the old costs in their open hour/day "
+              "windows and their budgets' current-period spend until their next rebalance or "
+              "restart (the ledger, rollups and reports are corrected now)")
+LIVE_REFRESHED = ("refreshed on the worker that ran it; other workers keep the old costs in "
+                  "their open hour/day windows and budgets' current-period spend until their "
+                  "next rebalance or restart")
 
 
 async def report(ctx: OpContext, body: dict[str, Any]) -> dict[str, Any]:

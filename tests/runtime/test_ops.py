@@ -376,3 +376,30 @@ def test_reprice_undone_and_redone_stays_exact(store: Store, tmp_path: Path) -> 
         assert ledger_total(store) == total
         for rollup, ledger in rollups_vs_ledger(store):
             assert rollup == ledger
+
+
+def test_reprice_says_which_live_state_it_refreshed(store: Store, tmp_path: Path) -> None:
+    from pipeline.runtime.ops import LIVE_REFRESHED, LIVE_STALE
+
+    fill(store)
+    priced_fix(tmp_path)
+    body = {"from": (DAY - timedelta(days=1)).date().isoformat(),
+            "to": (NOW + timedelta(days=1)).date().isoformat()}
+    # the CLI against a ClickHouse server: no worker is told
+    assert asyncio.run(reprice(ctx(store, tmp_path), {**body, "dry_run": True})
+                       )["live_state"] == "unchanged"
+    assert asyncio.run(reprice(ctx(store, tmp_path), body))["live_state"] == LIVE_STALE
+    refreshed: list[int] = []
+
+    async def refresh() -> None:
+        refreshed.append(1)
+
+    import_prices(tmp_path, {"gpt-4o-mini": {"input_cost_per_token": 6e-07,
+                                             "output_cost_per_token": 2.4e-06,
+                                             "litellm_provider": "openai"}},
+                  DAY - timedelta(hours=12))
+    through_worker = ctx(store, tmp_path)
+    through_worker.after_reprice = refresh
+    done = asyncio.run(reprice(through_worker, body))
+    assert done["events_repriced"] == 10 and done["live_state"] == LIVE_REFRESHED
+    assert refreshed == [1]
