@@ -65,7 +65,8 @@ def split_model(provider: str, model: str) -> tuple[str | None, str]:
 
 
 # the providers' names for the tier a call ran in -> ours; "auto" says nothing billable
-_TIERS = {"default": "standard", "standard": "standard", "scale": "standard",
+_TIERS = {"default": "standard", "standard": "standard", "standard_only": "standard",
+          "scale": "standard",
           "flex": "flex", "priority": "priority", "fast": "priority", "batch": "batch"}
 
 

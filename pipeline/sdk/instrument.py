@@ -46,6 +46,7 @@ from typing import Any
 
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.pricing import TokenCounts, cost_lines
+from pipeline.core.providers import service_tier as provider_tier
 from pipeline.core.tokens import TokenCounter
 from pipeline.errors import ConfigError
 
@@ -54,9 +55,6 @@ log = logging.getLogger("tokenmeter.instrument")
 ZERO = Decimal(0)
 # provider service tier -> ours; anything else is priced as standard and kept raw in
 # attributes.provider_service_tier ("scale" is prepaid capacity, billed at standard rates)
-_TIERS = {"default": "standard", "auto": "standard", "standard": "standard",
-          "standard_only": "standard", "scale": "standard", "flex": "flex",
-          "priority": "priority", "batch": "batch"}
 _TEXT_KEYS = ("content", "text", "input", "arguments", "output", "thinking")
 
 
@@ -97,7 +95,8 @@ def service_tier(raw: Any) -> tuple[str, str | None]:
     """(our service tier, the provider's raw value when it differs)."""
     if not isinstance(raw, str) or not raw:
         return "standard", None
-    ours = _TIERS.get(raw.lower(), "standard")
+    # one vocabulary of provider tier names, shared with the LiteLLM and OTel integrations
+    ours = provider_tier(raw) or "standard"
     return ours, (None if raw == ours else raw)
 
 
