@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta, timezone
-from decimal import Context, Decimal, localcontext
+from decimal import Decimal, localcontext
 from enum import StrEnum
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,41 +18,36 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.core.budget_options import (
+    ACTION_KINDS,
+    RUN_KEYS,
+    Action,
+    AnomalySettings,
+    Webhook,
+    check_each,
+    each_value,
+)
 from pipeline.core.events import Money, PricedUsage
-
-MAX_ID = 256
-# Bounds every budget field is validated against. They keep every derived value inside its
-# ClickHouse column (sql/006_budget_bounds.sql): limit and pool limits >= MIN_LIMIT with at
-# most PLACES decimals fit Decimal(38, 12), and percent = spent * 100 / limit stays below
-# 10^34 for any spent a Decimal(38, 12) holds, which Decimal(76, 6) admits.
-MIN_LIMIT = Decimal("0.000001")
-MAX_LIMIT = Decimal("1000000000000")
-PLACES = 6
-MAX_THRESHOLDS = 20
-MAX_POOLS = 20
-MAX_POOL_NAME = 64
-# wide enough for any spent * 100 / limit the bounds admit, so quantize never overflows
-_WIDE = Context(prec=80)
-# what the budget_breaches columns hold: amounts Decimal(38, 12), percent Decimal(76, 6)
-MAX_AMOUNT = Decimal(10) ** 26
-MAX_PERCENT = Decimal(10) ** 70
-
-
-def _places(v: Decimal) -> int:
-    exponent = v.as_tuple().exponent
-    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
-
-
-def _check_number(what: str, v: Decimal) -> None:
-    if not v.is_finite():
-        raise ValueError(f"{what} must be a finite number, got {v}")
-    if _places(v.normalize()) > PLACES:
-        raise ValueError(f"{what} {v} has more than {PLACES} decimal places")
+from pipeline.core.numbers import (
+    MAX_AMOUNT,
+    MAX_ID,
+    MAX_IDLE_S,
+    MAX_LIMIT,
+    MAX_PERCENT,
+    MAX_POOL_NAME,
+    MAX_POOLS,
+    MAX_THRESHOLDS,
+    MAX_WEBHOOKS,
+    MIN_IDLE_S,
+    MIN_LIMIT,
+    WIDE,
+    check_number,
+)
 
 
 def percent_of(spent: Decimal, limit: Decimal, quantum: Decimal = Decimal("0.000001")) -> Decimal:
     """spent as a percentage of limit, rounded to ``quantum`` (never overflows the context)."""
-    with localcontext(_WIDE):
+    with localcontext(WIDE):
         return (spent * 100 / limit).quantize(quantum)
 
 
@@ -64,6 +59,9 @@ class Period(StrEnum):
     week = "week"
     month = "month"
     quarter = "quarter"
+    # the lifetime of one agent run (a template over trace_id, session_id or run_id): it
+    # closes after ``idle_timeout_s`` without events (docs/budgets.md, "Runs")
+    run = "run"
 
 
 class Metric(StrEnum):
@@ -92,7 +90,7 @@ class ForecastSettings(BaseModel):
     @field_validator("probability")
     @classmethod
     def _probability(cls, v: Decimal) -> Decimal:
-        _check_number("forecast probability", v)
+        check_number("forecast probability", v)
         return v
 
 
@@ -119,6 +117,34 @@ class Budget(BaseModel):
     pools: dict[str, Decimal] = Field(default_factory=dict)
     forecast: ForecastSettings = Field(default_factory=ForecastSettings)
     currency: str = "USD"
+    # a template: every distinct value of this key gets its own limit and thresholds
+    each: str | None = None
+    # keys idle this long are dropped from memory; a run closes after it (seconds)
+    idle_timeout_s: int = Field(default=1800, ge=MIN_IDLE_S, le=MAX_IDLE_S)
+    anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
+    # what the decision API does after a breach of that kind: {"anomaly": "block",
+    # "forecast": "throttle:low"}, until the condition clears or `budget reset`
+    actions: dict[str, str] = Field(default_factory=dict)
+    webhooks: list[Webhook] = Field(default_factory=list, max_length=MAX_WEBHOOKS)
+
+    @field_validator("each")
+    @classmethod
+    def _each(cls, v: str | None) -> str | None:
+        return None if v is None else check_each(v)
+
+    @field_validator("actions")
+    @classmethod
+    def _actions(cls, v: dict[str, str]) -> dict[str, str]:
+        for kind, spec in v.items():
+            if kind not in ACTION_KINDS:
+                raise ValueError(f"actions key {kind[:40]!r} must be one of "
+                                 f"{', '.join(ACTION_KINDS)}")
+            name, _, pool = spec.partition(":")
+            if name not in Action.__members__ or (pool and name != "throttle") or \
+                    len(pool) > MAX_POOL_NAME:
+                raise ValueError(f"action {spec[:80]!r} must be alert, downgrade, block or "
+                                 "throttle[:POOL]")
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -139,7 +165,7 @@ class Budget(BaseModel):
                 f"limit {v:f} is out of range: give a limit from {MIN_LIMIT} to "
                 f"{MAX_LIMIT:,f} (dollars, tokens or value units, per the metric)"
             )
-        _check_number("limit", v)
+        check_number("limit", v)
         return v
 
     @field_validator("thresholds")
@@ -154,7 +180,7 @@ class Budget(BaseModel):
                 raise ValueError(
                     f"threshold {t} is out of range: thresholds are percent, 0 < t <= 1000"
                 )
-            _check_number("threshold", t)
+            check_number("threshold", t)
         return sorted(set(v))
 
     @field_validator("pools")
@@ -170,11 +196,23 @@ class Budget(BaseModel):
                                  "characters")
             if not share.is_finite() or not Decimal(0) < share <= Decimal(1):
                 raise ValueError(f"pool {name!r} share {share} must be in (0, 1]")
-            _check_number(f"pool {name!r} share", share)
+            check_number(f"pool {name!r} share", share)
         total = sum(v.values(), Decimal(0))
         if abs(total - Decimal(1)) > Decimal("0.000001"):
             raise ValueError(f"pool shares must sum to 1, they sum to {total}")
         return v
+
+    @model_validator(mode="after")
+    def _run_needs_key(self) -> Budget:
+        if self.period is Period.run and self.each not in RUN_KEYS:
+            raise ValueError(f"period run needs each set to one of {', '.join(RUN_KEYS)} "
+                             "(which key names the run)")
+        for spec in self.actions.values():
+            pool = spec.partition(":")[2]
+            if pool and pool not in self.pools:
+                raise ValueError(f"action {spec!r} names pool {pool!r}, which the budget "
+                                 "does not have")
+        return self
 
     @model_validator(mode="after")
     def _pool_limits(self) -> Budget:
@@ -205,6 +243,11 @@ class Budget(BaseModel):
             and (self.task_type is None or event.task_type == self.task_type)
         )
 
+    def key_of(self, event: PricedUsage) -> str | None:
+        """The template key value the event counts under ("" for a plain budget; None when
+        the budget is a template and the event lacks the key: it does not count)."""
+        return "" if self.each is None else each_value(self.each, event)
+
     def measure(self, event: PricedUsage) -> Decimal:
         """The event's amount in this budget's metric."""
         if self.metric is Metric.cost:
@@ -218,8 +261,16 @@ class Budget(BaseModel):
         return self.limit if not pool else self.limit * self.pools[pool]
 
 
+RUN_START = datetime(1970, 1, 1, tzinfo=timezone.utc)
+RUN_END = datetime(2999, 1, 1, tzinfo=timezone.utc)
+
+
 def period_bounds(period: Period, tz: ZoneInfo, at: datetime) -> tuple[datetime, datetime]:
-    """[start, end) in UTC of the calendar period containing ``at`` in timezone ``tz``."""
+    """[start, end) in UTC of the calendar period containing ``at`` in timezone ``tz``
+    (a run has no calendar period: its bounds are RUN_START and RUN_END, the run's events
+    are told apart by their key)."""
+    if period is Period.run:
+        return RUN_START, RUN_END
     local = at.astimezone(tz)
     if period is Period.hour:
         # astimezone sets fold for the repeated hour, so both 01:00s are distinct periods
@@ -246,10 +297,12 @@ def period_bounds(period: Period, tz: ZoneInfo, at: datetime) -> tuple[datetime,
 
 
 class BreachKind(StrEnum):
-    """threshold: actual spend crossed; forecast: predicted to cross."""
+    """threshold: actual spend crossed; forecast: predicted to cross; anomaly: spend rate
+    far above its baseline (or over the budget's max_rate)."""
 
     threshold = "threshold"
     forecast = "forecast"
+    anomaly = "anomaly"
 
 
 class BudgetBreach(BaseModel):
@@ -279,14 +332,25 @@ class BudgetBreach(BaseModel):
     predicted_upper: Money | None = None
     probability: Money | None = None
     projected_crossing_at: AwareDatetime | None = None
+    # templates and runs: which key (each) and which of its values crossed
+    each: str = ""
+    key: str = ""
+    # anomaly breaches: the rates (per minute, in the budget's metric), score and window
+    observed_rate: Money | None = None
+    baseline_rate: Money | None = None
+    score: Money | None = None
+    window_seconds: int | None = None
 
 
 def breach_id(budget_id: str, period_start: datetime, pool: str, kind: str,
-              threshold: Decimal, limit: Decimal) -> str:
-    """Deterministic id of one crossing (the limit is part of it: a new limit re-arms)."""
-    key = "|".join([budget_id, period_start.astimezone(timezone.utc).isoformat(), pool, kind,
-                    format(threshold.normalize(), "f"), format(limit.normalize(), "f")])
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+              threshold: Decimal, limit: Decimal, key: str = "") -> str:
+    """Deterministic id of one crossing (the limit is part of it: a new limit re-arms; a
+    template's key value is, so each value crosses on its own)."""
+    parts = [budget_id, period_start.astimezone(timezone.utc).isoformat(), pool, kind,
+             format(threshold.normalize(), "f"), format(limit.normalize(), "f")]
+    if key:
+        parts.append(key)
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
 def severity_for(threshold: Decimal) -> str:
@@ -307,7 +371,7 @@ def action_for(budget: Budget, pool: str, threshold: Decimal) -> str:
 
 def evaluate(budget: Budget, pool: str, period: tuple[datetime, datetime], spent: Decimal,
              already: set[str], *, now: datetime, triggering_event_id: str | None = None,
-             skip: int = 0) -> list[BudgetBreach]:
+             skip: int = 0, key: str = "") -> list[BudgetBreach]:
     """Threshold breaches newly crossed at ``spent`` (ids in ``already`` are skipped, and
     so are the first ``skip`` thresholds, known to be settled)."""
     limit = budget.pool_limit(pool)
@@ -315,7 +379,7 @@ def evaluate(budget: Budget, pool: str, period: tuple[datetime, datetime], spent
     for t in budget.thresholds[skip:]:
         if spent * 100 < t * limit:
             break
-        bid = breach_id(budget.budget_id, period[0], pool, "threshold", t, limit)
+        bid = breach_id(budget.budget_id, period[0], pool, "threshold", t, limit, key)
         if bid in already:
             continue
         if not (spent < MAX_AMOUNT and limit < MAX_AMOUNT and spent * 100 < MAX_PERCENT * limit):
@@ -332,5 +396,6 @@ def evaluate(budget: Budget, pool: str, period: tuple[datetime, datetime], spent
             period_start=period[0], period_end=period[1], pool=pool,
             severity=severity_for(t), action=action_for(budget, pool, t), mode=budget.mode,
             triggering_event_id=triggering_event_id, emitted_at=now,
+            each=budget.each or "", key=key,
         ))
     return out

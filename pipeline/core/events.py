@@ -98,6 +98,8 @@ class UsageEvent(BaseModel):
     user_tier: OptId = None
     service_tier: ServiceTier = ServiceTier.standard
     cache_hit: bool = False
+    # the hold taken by POST /api/reservations that this call settles (docs/budgets.md)
+    reservation_id: OptId = None
 
 
 LEGACY_TTL_ATTRIBUTE = "cache_ttl"
@@ -165,6 +167,7 @@ class PricedUsage:
     user_tier: str | None = None
     service_tier: ServiceTier = ServiceTier.standard
     cache_hit: bool = False
+    reservation_id: str | None = None
     token_source: str = "provided"  # noqa: S105 - not a secret
     input_cost: Money = ZERO
     cache_read_cost: Money = ZERO

@@ -107,6 +107,7 @@ class Meter:
             reasoning_output_tokens=event.reasoning_output_tokens, task_type=event.task_type,
             criticality=event.criticality, user_tier=event.user_tier,
             service_tier=event.service_tier, cache_hit=event.cache_hit, token_source=source,
+            reservation_id=event.reservation_id,
             input_cost=lines.input_cost, cache_read_cost=lines.cache_read_cost,
             cache_write_cost=lines.cache_write_cost, output_cost=lines.output_cost,
             reasoning_cost=lines.reasoning_cost, total_cost=lines.total_cost,

@@ -32,13 +32,14 @@ USAGE_COLUMNS = (
     "service_tier", "cache_hit", "token_source", "input_cost", "cache_read_cost",
     "cache_write_cost", "output_cost", "reasoning_cost", "total_cost", "saved_cost", "currency",
     "price_version", "value_weight", "value_units", "value_tier", "late", "source_partition",
-    "source_offset", "ingested_at",
+    "source_offset", "ingested_at", "reservation_id",
 )
 BREACH_COLUMNS = (
     "breach_id", "budget_id", "tenant_id", "kind", "threshold_pct", "spent", "limit",
     "percent", "metric", "period_start", "period_end", "pool", "severity", "action", "mode",
     "triggering_event_id", "emitted_at", "predicted_spend", "predicted_lower",
-    "predicted_upper", "probability", "projected_crossing_at",
+    "predicted_upper", "probability", "projected_crossing_at", "each", "key",
+    "observed_rate", "baseline_rate", "score", "window_seconds",
 )
 STATUS_COLUMNS = ("budget_id", "tenant_id", "period_start", "period_end", "metric", "spent",
                   "limit", "percent", "mode", "updated_at")
@@ -127,7 +128,7 @@ def usage_row(p: PricedUsage, *, late: bool, partition: int, offset: int,
         p.cache_hit, p.token_source, p.input_cost, p.cache_read_cost, p.cache_write_cost,
         p.output_cost, p.reasoning_cost, p.total_cost, p.saved_cost, p.currency,
         p.price_version, p.value_weight, p.value_units, p.value_tier, late, partition, offset,
-        ingested_at,
+        ingested_at, p.reservation_id or "",
     ]
 
 
@@ -145,7 +146,8 @@ def breach_row(b: BudgetBreach) -> list[Any]:
         b.breach_id, b.budget_id, b.tenant_id, b.kind.value, b.threshold_pct, b.spent, b.limit,
         b.percent, b.metric.value, b.period_start, b.period_end, b.pool, b.severity, b.action,
         b.mode.value, b.triggering_event_id or "", b.emitted_at, b.predicted_spend,
-        b.predicted_lower, b.predicted_upper, b.probability, b.projected_crossing_at,
+        b.predicted_lower, b.predicted_upper, b.probability, b.projected_crossing_at, b.each,
+        b.key, b.observed_rate, b.baseline_rate, b.score, b.window_seconds,
     ]
 
 
