@@ -203,6 +203,15 @@ class BudgetEvaluator:
             await self.emit(breaches)
         return breaches
 
+    async def spend_for(self, budget: Budget, key: str, now: datetime) -> dict[str, Decimal]:
+        """Current-period spend of a budget (of one template key: "" for a plain budget),
+        by pool ("" is the whole budget); loaded from the ledger when not tracked.
+        The caller holds the Processor's lock."""
+        start, end = period_bounds(budget.period, budget.tz, now)
+        ps = self.tracker.get(budget.budget_id, start) or await self.load_period(
+            budget, start, end)
+        return dict(ps.spent)
+
     async def send(self, breaches: list[BudgetBreach]) -> list[Any]:
         """Send breaches; returns their delivery futures (awaited together, not one by one)."""
         if self.publish_breach is None or not breaches:

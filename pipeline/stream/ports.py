@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from pipeline.core.budgets import BudgetBreach
+from pipeline.core.events import PricedUsage
 from pipeline.store.client import Store
 from pipeline.store.ledger import ClickHouseLedger
 
@@ -89,3 +91,12 @@ def ledger_reads(source: Store | LedgerReads) -> LedgerReads:
     if isinstance(source, LedgerReads):
         return source
     return ClickHouseLedger(source)
+
+
+class Watcher(Protocol):
+    """Sees every batch's fresh events after budgets counted them, under the Processor's
+    lock (the spend-velocity watch, reservation holds); returns breaches to publish."""
+
+    async def observe(self, fresh: list[PricedUsage], now: datetime) -> list[BudgetBreach]:
+        """React to a batch's fresh (deduplicated, priced) events."""
+        ...

@@ -26,7 +26,14 @@ from pipeline.stream.budget_book import BudgetBook, BudgetTracker, PeriodSpend
 from pipeline.stream.budget_eval import BudgetEvaluator, failure_reason, must_propagate
 from pipeline.stream.group_commit import GroupCommitWriter, merge_staged
 from pipeline.stream.live import LiveState
-from pipeline.stream.ports import Forward, LedgerReads, LedgerWrites, Publish, ledger_reads
+from pipeline.stream.ports import (
+    Forward,
+    LedgerReads,
+    LedgerWrites,
+    Publish,
+    Watcher,
+    ledger_reads,
+)
 from pipeline.stream.staging import MOVED_HEADER, Metrics, RawMessage, Staged, Stager, was_moved
 
 __all__ = [
@@ -54,7 +61,8 @@ class Processor:
                  publish_breach: Publish | None = None,
                  partition_of: Callable[[str], int] = lambda tenant: 0,
                  forward: Forward | None = None,
-                 max_pending_rows: int = 20_000) -> None:
+                 max_pending_rows: int = 20_000,
+                 watchers: Sequence[Watcher] = ()) -> None:
         self.meter = meter
         self.store = store  # as given: the budgets feed reads the mirror through it
         self.ledger = ledger_reads(store)
@@ -77,6 +85,8 @@ class Processor:
         self.staging = Stager(meter, live, self.ledger, self.metrics, grace=grace,
                               partition_of=partition_of, forward=forward, drain=self.drain)
         self._sink = sink
+        # after budgets, in this order, on every batch's fresh events (stream/ports.Watcher)
+        self.watchers = list(watchers)
 
     @property
     def sink(self) -> LedgerWrites:
@@ -138,6 +148,8 @@ class Processor:
             now = self.clock()
             staged, fresh = await self.staging.stage(batch, now)
             staged.breaches.extend(await self.budgets.count(fresh, now, staged.failures))
+            for watcher in self.watchers:
+                staged.breaches.extend(await watcher.observe(fresh, now))
             return staged
 
     async def commit(self, staged: Staged) -> None:

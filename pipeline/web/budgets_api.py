@@ -11,7 +11,7 @@ from typing import Any
 from faust.web import Request, Response, View
 from pydantic import ValidationError
 
-from pipeline.core.budgets import Budget, period_bounds
+from pipeline.core.budgets import Budget
 from pipeline.core.decision import Request as DecisionRequest
 from pipeline.core.decision import Room, applies, decide
 from pipeline.errors import PricingError
@@ -130,17 +130,12 @@ def register_budget_views(app: Any, runtime: Any) -> None:
         for b in processor.book.for_tenant(req.tenant_id):
             if not applies(b, req, names):
                 continue
-            start, end = period_bounds(b.period, b.tz, now)
-            ps = processor.tracker.get(b.budget_id, start)
-            if ps is None:
-                async with processor.lock:
-                    ps = processor.tracker.get(b.budget_id, start) or \
-                        await processor.load_period(b, start, end)
+            async with processor.lock:
+                spent = await processor.budgets.spend_for(b, "", now)
             pools = [""] + ([req.value_tier] if req.value_tier in b.pools else [])
             for pool in pools:
                 rooms.append(Room(b.budget_id, pool, b.pool_limit(pool),
-                                  ps.spent.get(pool, Decimal(0)), b.mode,
-                                  b.metric))
+                                  spent.get(pool, Decimal(0)), b.mode, b.metric))
         return rooms
 
 
