@@ -103,6 +103,30 @@ class Simulator:
         return out
 
 
+RUNAWAY_MODEL = ("anthropic", "claude-opus-4")
+
+
+def runaway_call(at: datetime, tenant: str, run_id: str, step: int) -> dict[str, Any]:
+    """Call ``step`` of a runaway agent loop: Opus, the same run (trace_id and
+    attributes.run_id), a context that grows with every step as loops' contexts do."""
+    provider, model = RUNAWAY_MODEL
+    return {
+        "event_id": f"{run_id}-step-{step:05d}",
+        "timestamp": at.isoformat(),
+        "tenant_id": tenant,
+        "project_id": f"{tenant}-agents",
+        "user_id": "agent-runner",
+        "feature": "agent",
+        "trace_id": run_id,
+        "attributes": {"run_id": run_id},
+        "provider": provider,
+        "model": model,
+        "input_tokens": 4000 + 500 * step,
+        "output_tokens": 900,
+        "task_type": "code_generation",
+    }
+
+
 def _poisson(rng: random.Random, mean: float) -> int:
     """Poisson draw by inversion (small means only; random.Random has no poisson)."""
     limit, k, p = math.exp(-mean), 0, rng.random()
