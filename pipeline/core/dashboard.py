@@ -144,3 +144,32 @@ def burn_down(budget: Budget, start: datetime, end: datetime, spent: Decimal,
                        for at, p50, lo, hi in forecast.points],
         }
     return out
+
+
+def key_views(budget: Budget, rows: Iterable[tuple[str, Decimal, datetime]],
+              now: datetime) -> list[dict[str, Any]]:
+    """JSON for the key values of a template or run budget: (key, spent, last event) rows,
+    each against the budget's limit, most spent first. A run shows when it closes (its last
+    event plus the idle timeout); a key idle past it is "closed"."""
+    idle = timedelta(seconds=budget.idle_timeout_s)
+    out = []
+    for key, spent, last_seen in rows:
+        status = budget_status(budget, Decimal(spent)).value
+        if last_seen + idle <= now and budget.period.value == "run":
+            status = "closed"
+        out.append({
+            "budget_id": budget.budget_id, "tenant_id": budget.tenant_id,
+            "each": budget.each, "key": key, "period": budget.period.value,
+            "metric": budget.metric.value, "mode": budget.mode.value,
+            "limit": _money(budget.limit), "spent": _money(Decimal(spent)),
+            "percent": _money(percent_of(Decimal(spent), budget.limit)), "status": status,
+            "last_seen": last_seen.isoformat(), "idle_until": (last_seen + idle).isoformat(),
+        })
+    return sorted(out, key=lambda v: (-Decimal(v["percent"]), v["key"]))
+
+
+def near_limits(views: Iterable[dict[str, Any]], *, top: int = 20,
+                at_least: Decimal = Decimal(50)) -> list[dict[str, Any]]:
+    """The key views at or above ``at_least`` percent of their limit, nearest first."""
+    near = [v for v in views if Decimal(v["percent"]) >= at_least]
+    return sorted(near, key=lambda v: (-Decimal(v["percent"]), v["budget_id"], v["key"]))[:top]

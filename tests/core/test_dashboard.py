@@ -14,6 +14,8 @@ from pipeline.core.dashboard import (
     budget_status,
     burn_down,
     cumulative,
+    key_views,
+    near_limits,
     per_minute,
 )
 
@@ -97,3 +99,30 @@ def test_burn_down_json() -> None:
         int(T0.timestamp() * 1000), "30")
     none = burn_down(b, T0, T0 + 24 * H, D("0"), [], None)
     assert none["forecast"] is None and none["status"] == "ok"
+
+
+RUNS = Budget(budget_id="runs", tenant_id="t", limit=D(2), period="run", each="trace_id",
+              idle_timeout_s=600, mode="hard")
+USERS = Budget(budget_id="users", tenant_id="t", limit=D(5), period="day", each="user_id")
+TK = datetime(2026, 6, 17, 10, 0, tzinfo=timezone.utc)
+
+
+def test_key_views_rank_keys_by_percent_and_close_idle_runs() -> None:
+    rows = [("run-a", D("0.50"), TK), ("run-b", D("2.10"), TK - timedelta(minutes=11)),
+            ("run-c", D("1.70"), TK - timedelta(minutes=1))]
+    views = key_views(RUNS, rows, TK)
+    assert [(v["key"], v["percent"], v["status"]) for v in views] == [
+        ("run-b", "105", "closed"),  # over its limit, but idle past 600 s: the run is over
+        ("run-c", "85", "warning"),
+        ("run-a", "25", "ok"),
+    ]
+    assert views[1]["idle_until"] == (TK + timedelta(minutes=9)).isoformat()
+
+
+def test_template_keys_do_not_close_and_near_limits_keeps_the_nearest() -> None:
+    views = key_views(USERS, [("u1", D(5), TK - timedelta(days=1)), ("u2", D("2.49"), TK),
+                              ("u3", D("2.5"), TK)], TK)
+    assert [(v["key"], v["status"]) for v in views] == [
+        ("u1", "breached"), ("u3", "warning"), ("u2", "ok")]  # 100%, 50%, 49.8%
+    assert [v["key"] for v in near_limits(views)] == ["u1", "u3"]  # 100%, 50%; 49.8% is not
+    assert [v["key"] for v in near_limits(views, top=1)] == ["u1"]
