@@ -45,7 +45,7 @@ system-deps: ## apt-install kcat and chromium when missing (interop and browser 
 	fi
 
 test: $(STAMP) system-deps $(CHART) ## install, then run the suite (and the date-sensitive tests at pinned clocks)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-clocks
 
 # the date-sensitive tests again at a month's first minutes, a year's last, and DST changes
