@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from pipeline.core.budget_options import ATTRIBUTE_PREFIX, EACH_ATTRIBUTES, EACH_FIELDS
 from pipeline.core.budgets import Budget, Metric, Mode
 from pipeline.core.catalog import Catalog
+from pipeline.core.events import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES, MAX_ID_CHARS, MAX_TOKENS
 from pipeline.core.pricing import TokenCounts, cost_lines
-from pipeline.errors import PricingError
+from pipeline.core.scoring import ValuePolicy
+from pipeline.errors import PricingError, ValidationFailed
+
+SERVICE_TIERS = ("standard", "batch", "flex", "priority")
+CRITICALITIES = ("low", "normal", "high", "critical")
+# the run/entity keys a caller may name (template budgets answer for their value)
+KEY_FIELDS = ("user_id", "project_id", "feature", "trace_id", "session_id", "run_id")
+NEED = "need tenant_id, model, estimated_input_tokens, estimated_output_tokens"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +36,23 @@ class Request:
     user_id: str | None = None
     feature: str | None = None
     task_type: str | None = None
+    # priced like the meter prices the event: tier, cache reads and (5-minute) writes, both
+    # part of input_tokens as in OpenTelemetry
+    service_tier: str = "standard"
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    # the value weight (value_units budgets): task_type x criticality x user tier
+    criticality: str = "normal"
+    user_tier: str | None = None
+    trace_id: str | None = None
+    session_id: str | None = None
+    run_id: str | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Room:
-    """What is left in one budget (pool "" is the whole budget)."""
+    """What is left in one budget (pool "" is the whole budget; key "" a plain budget)."""
 
     budget_id: str
     pool: str
@@ -38,11 +60,21 @@ class Room:
     spent: Decimal
     mode: Mode
     metric: Metric
+    held: Decimal = Decimal(0)  # reserved by open holds (core/reservations.py)
+    key: str = ""
+    # False: a template whose key the caller did not name; shown, never denied on
+    checked: bool = True
+    each: str = ""
 
     @property
     def remaining(self) -> Decimal:
-        """Limit minus spend, never below zero."""
-        return max(self.limit - self.spent, Decimal(0))
+        """Limit minus spend and holds, never below zero."""
+        return max(self.limit - self.spent - self.held, Decimal(0))
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        """(budget_id, pool, key): what a hold is held against."""
+        return self.budget_id, self.pool, self.key
 
 
 @dataclass
@@ -67,13 +99,16 @@ class Decision:
             "suggested_cost": None if self.suggested_cost is None
             else format(self.suggested_cost, "f"),
             "reason": self.reason,
-            "remaining": [
-                {"budget_id": r.budget_id, "pool": r.pool, "limit": format(r.limit, "f"),
-                 "spent": format(r.spent, "f"), "remaining": format(r.remaining, "f"),
-                 "metric": r.metric.value, "mode": r.mode.value}
-                for r in self.rooms
-            ],
+            "remaining": [room_json(r) for r in self.rooms],
         }
+
+
+def room_json(r: Room) -> dict[str, Any]:
+    """One room as JSON (money as decimal strings)."""
+    return {"budget_id": r.budget_id, "pool": r.pool, "limit": format(r.limit, "f"),
+            "spent": format(r.spent, "f"), "held": format(r.held, "f"),
+            "remaining": format(r.remaining, "f"), "metric": r.metric.value,
+            "mode": r.mode.value, "each": r.each, "key": r.key, "checked": r.checked}
 
 
 def applies(budget: Budget, req: Request, model_names: set[str]) -> bool:
@@ -84,31 +119,64 @@ def applies(budget: Budget, req: Request, model_names: set[str]) -> bool:
                     for f in ("project_id", "user_id", "feature", "task_type")))
 
 
+def request_key(each: str, req: Request) -> str | None:
+    """The request's value of a template key (None when the caller did not name it)."""
+    if each in EACH_FIELDS:
+        value: str | None = getattr(req, each)
+    elif each in EACH_ATTRIBUTES:
+        value = getattr(req, each) or req.attributes.get(each)
+    else:
+        value = req.attributes.get(each.removeprefix(ATTRIBUTE_PREFIX))
+    return value or None
+
+
 def estimate(catalog: Catalog, model: str, req: Request, at: datetime) -> Decimal:
-    """Estimated list cost of the request on ``model``."""
+    """Estimated list cost of the request on ``model`` (service tier and cache reads and
+    writes priced by the meter's pricing core)."""
     m, v = catalog.price_version(model, at)
-    counts = TokenCounts(input_tokens=req.input_tokens, output_tokens=req.output_tokens)
-    return cost_lines(counts, m, v, currency=catalog.currency).total_cost
+    counts = TokenCounts(input_tokens=req.input_tokens, output_tokens=req.output_tokens,
+                         cache_read_input_tokens=req.cache_read_tokens,
+                         cache_creation_input_tokens=req.cache_write_tokens)
+    return cost_lines(counts, m, v, currency=catalog.currency,
+                      service_tier=req.service_tier).total_cost
 
 
-def _amount(metric: Metric, cost: Decimal, req: Request) -> Decimal:
+def amount(metric: Metric, cost: Decimal, req: Request,
+           policy: ValuePolicy | None = None) -> Decimal:
+    """The request's estimated amount in a budget's metric."""
     if metric is Metric.cost:
         return cost
-    # value units need the task weight; tokens are the conservative stand-in (documented)
-    return Decimal(req.input_tokens + req.output_tokens)
+    tokens = Decimal(req.input_tokens + req.output_tokens)
+    if metric is Metric.value_units and policy is not None:
+        # what the meter will count: total tokens x the value weight (core/scoring.score)
+        return tokens * policy.weight(req.task_type, req.criticality, req.user_tier)
+    # without a policy, tokens are the conservative stand-in for value units (documented)
+    return tokens
 
 
-def _fits(rooms: list[Room], cost: Decimal, req: Request) -> bool:
-    return all(_amount(r.metric, cost, req) <= r.remaining for r in rooms)
+def _fits(rooms: list[Room], cost: Decimal, req: Request, policy: ValuePolicy | None) -> bool:
+    return all(amount(r.metric, cost, req, policy) <= r.remaining for r in rooms if r.checked)
 
 
-def decide(req: Request, rooms: list[Room], catalog: Catalog, at: datetime) -> Decision:
-    """Admission decision for one request against the rooms of the budgets that apply."""
+def _unchecked(rooms: list[Room]) -> str:
+    names = sorted({f"{r.budget_id} (each {r.each})" for r in rooms if not r.checked})
+    if not names:
+        return ""
+    return (f"; template budget {', '.join(names)} could not be checked: name its key "
+            "to have it checked")
+
+
+def decide(req: Request, rooms: list[Room], catalog: Catalog, at: datetime,
+           policy: ValuePolicy | None = None) -> Decision:
+    """Admission decision for one request against the rooms of the budgets that apply
+    (rooms not ``checked`` are reported in the reason, never denied on)."""
     cost = estimate(catalog, req.model, req, at)
     requested = catalog.resolve(req.model)
     assert requested is not None  # estimate() raised otherwise
-    if _fits(rooms, cost, req):
-        return Decision("allow", req.model, cost, "within every applicable budget", rooms=rooms)
+    note = _unchecked(rooms)
+    if _fits(rooms, cost, req, policy):
+        return Decision("allow", req.model, cost, "within every applicable budget" + note,
+                        rooms=rooms)
     candidates = []
     for m in catalog.models:
         if m.provider != requested.provider or m.model == requested.model:
@@ -120,14 +188,89 @@ def decide(req: Request, rooms: list[Room], catalog: Catalog, at: datetime) -> D
         if c < cost:
             candidates.append((c, m.model))
     for c, name in sorted(candidates):
-        if _fits(rooms, c, req):
+        if _fits(rooms, c, req, policy):
             return Decision("downgrade", req.model, cost,
-                            f"{req.model} would exceed the remaining budget; {name} fits",
-                            suggested_model=name, suggested_cost=c, rooms=rooms)
+                            f"{req.model} would exceed the remaining budget; {name} fits"
+                            + note, suggested_model=name, suggested_cost=c, rooms=rooms)
         break  # the cheapest does not fit, so none does
-    over = [r for r in rooms if _amount(r.metric, cost, req) > r.remaining]
+    over = [r for r in rooms if r.checked and amount(r.metric, cost, req, policy) > r.remaining]
     if any(r.mode is Mode.hard for r in over):
-        names = ", ".join(f"{r.budget_id}{'/' + r.pool if r.pool else ''}" for r in over)
-        return Decision("deny", req.model, cost, f"hard budget exhausted: {names}", rooms=rooms)
+        names = ", ".join(f"{r.budget_id}{'/' + r.pool if r.pool else ''}"
+                          f"{'[' + r.key + ']' if r.key else ''}" for r in over)
+        return Decision("deny", req.model, cost, f"hard budget exhausted: {names}" + note,
+                        rooms=rooms)
     return Decision("allow", req.model, cost,
-                    "over a soft budget (alert only); no cheaper model fits", rooms=rooms)
+                    "over a soft budget (alert only); no cheaper model fits" + note,
+                    rooms=rooms)
+
+
+def _text(params: Mapping[str, Any], name: str, default: str | None = None) -> str | None:
+    value = params.get(name, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
+        raise ValidationFailed("bad_request", f"{name} must be a string of at most "
+                               f"{MAX_ID_CHARS} characters")
+    return value or None
+
+
+def _count(params: Mapping[str, Any], name: str, required: bool = False) -> int:
+    value = params.get(name)
+    if value is None:
+        if required:
+            raise ValidationFailed("bad_request", f"missing parameter {name}; {NEED}")
+        return 0
+    try:
+        n = int(value) if isinstance(value, str) or (isinstance(value, int)
+                                                    and not isinstance(value, bool)) else -1
+    except ValueError:
+        n = -1
+    if not 0 <= n <= MAX_TOKENS:
+        raise ValidationFailed("bad_request", f"{name} must be a whole number from 0 to "
+                               f"{MAX_TOKENS}, got {str(value)[:40]!r}")
+    return n
+
+
+def _choice(params: Mapping[str, Any], name: str, choices: tuple[str, ...],
+            default: str) -> str:
+    value = params.get(name) or default
+    if value not in choices:
+        raise ValidationFailed("bad_request", f"{name} {str(value)[:40]!r} must be one of "
+                               f"{', '.join(choices)}")
+    return str(value)
+
+
+def request_from(params: Mapping[str, Any],
+                 attributes: Mapping[str, Any] | None = None) -> Request:
+    """A decision Request from query parameters or a JSON body (ValidationFailed with
+    reason bad_request saying which parameter is wrong)."""
+    attrs = dict(attributes or {})
+    if len(attrs) > MAX_ATTRIBUTES or any(
+            not isinstance(k, str) or not isinstance(v, str) or len(v) > MAX_ATTRIBUTE_CHARS
+            for k, v in attrs.items()):
+        raise ValidationFailed("bad_request", f"attributes must map names to strings (at "
+                               f"most {MAX_ATTRIBUTES}, values up to {MAX_ATTRIBUTE_CHARS} "
+                               "characters)")
+    tenant, model = _text(params, "tenant_id"), _text(params, "model")
+    if tenant is None or model is None:
+        raise ValidationFailed("bad_request", f"missing parameter "
+                               f"{'tenant_id' if tenant is None else 'model'}; {NEED}")
+    req = Request(
+        tenant_id=tenant, model=model,
+        value_tier=_text(params, "value_tier") or "standard",
+        input_tokens=_count(params, "estimated_input_tokens"),
+        output_tokens=_count(params, "estimated_output_tokens"),
+        project_id=_text(params, "project_id"), user_id=_text(params, "user_id"),
+        feature=_text(params, "feature"), task_type=_text(params, "task_type"),
+        service_tier=_choice(params, "service_tier", SERVICE_TIERS, "standard"),
+        cache_read_tokens=_count(params, "estimated_cache_read_tokens"),
+        cache_write_tokens=_count(params, "estimated_cache_write_tokens"),
+        criticality=_choice(params, "criticality", CRITICALITIES, "normal"),
+        user_tier=_text(params, "user_tier"), trace_id=_text(params, "trace_id"),
+        session_id=_text(params, "session_id"), run_id=_text(params, "run_id"),
+        attributes=attrs)
+    if req.cache_read_tokens + req.cache_write_tokens > req.input_tokens:
+        raise ValidationFailed("bad_request", "estimated cache reads + writes exceed "
+                               "estimated_input_tokens (input counts them, as in "
+                               "OpenTelemetry); raise estimated_input_tokens")
+    return req
