@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     status_interval_s: float = Field(default=60.0, gt=0,
                                      description="how often budget_status is refreshed")
     forecast_processes: int = Field(default=2, ge=1, le=64)
+    # reservations (POST /api/reservations): how long an unsettled hold counts, and the
+    # longest ttl_s a caller may ask for
+    reservation_ttl_s: float = Field(default=120.0, gt=0, le=86400)
+    reservation_max_ttl_s: float = Field(default=3600.0, gt=0, le=86400)
     log_level: str = "WARNING"
     # the worker's clock starts here and runs on (tests and replays of past traffic);
     # unset: the wall clock

@@ -13,11 +13,13 @@ import faust
 from pipeline.clock import Clock, clock_for, wall_clock
 from pipeline.core.catalog import Catalog
 from pipeline.core.meter import Meter
+from pipeline.core.reservations import HoldBook
 from pipeline.core.scoring import ValuePolicy
 from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, TOPIC_DLQ, TOPIC_EVENTS, Settings
 from pipeline.store.client import Store
 from pipeline.store.sink import STATUS_COLUMNS, Sink
 from pipeline.stream.budget_feed import run_budget_feed
+from pipeline.stream.holds import HoldWatcher
 from pipeline.stream.live import LiveState
 from pipeline.stream.processor import MOVED_HEADER, Processor, RawMessage, was_moved
 from pipeline.stream.topics import partition_for
@@ -126,11 +128,14 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     live = LiveState(grace=timedelta(seconds=settings.grace_s),
                      horizon=timedelta(days=settings.dedup_horizon_days),
                      max_ids=settings.dedup_max_ids)
+    holds = HoldBook()  # open reservations (POST /api/reservations), settled by events
     processor = Processor(Meter(catalog, policy), sink, store, live, publish_dlq,
                           grace=timedelta(seconds=settings.grace_s), clock=clock,
                           publish_breach=publish_breach,
                           partition_of=lambda t: partition_for(t, settings.partitions),
-                          forward=forward)
+                          forward=forward,
+                          # after budgets, in the same locked step: reservation holds
+                          watchers=[HoldWatcher(holds)])
     runtime = Runtime(settings=settings, store=store, processor=processor, app=app,
                       events_topic=events_topic, catalog=catalog,
                       publish_budget=publish_budget, clock=clock)
@@ -224,11 +229,13 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     from pipeline.web.budgets_api import register_budget_views, register_forecast_view
     from pipeline.web.dashboard_views import register_dashboard
     from pipeline.web.ingest import register_ingest_view
+    from pipeline.web.reservations_api import register_reservation_views
 
     auth.install(app, settings)
     register_views(app, runtime)
     register_spend_view(app, runtime)
     register_budget_views(app, runtime)
+    register_reservation_views(app, runtime, holds)
     register_forecast_view(app, runtime)
     register_ops_view(app, runtime)
     register_dashboard(app, runtime)

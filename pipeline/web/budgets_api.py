@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -12,10 +13,12 @@ from faust.web import Request, Response, View
 from pydantic import ValidationError
 
 from pipeline.core.budgets import Budget
+from pipeline.core.decision import Decision, Room, applies, decide, request_from, request_key
 from pipeline.core.decision import Request as DecisionRequest
-from pipeline.core.decision import Room, applies, decide
-from pipeline.errors import PricingError
+from pipeline.core.reservations import HoldBook
+from pipeline.errors import PricingError, ValidationFailed
 from pipeline.store.dashboard_reads import breaches as recent_breaches
+from pipeline.stream.holds import hold_book_of
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -23,6 +26,60 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'budget'}: {e['msg']}" for e in exc.errors()
     )
+
+
+ATTR_PARAM = "attr."  # GET /api/decision?attr.api_key=...: an attribute of the request
+
+
+async def rooms_for(processor: Any, req: DecisionRequest, names: set[str], now: datetime,
+                    holds: HoldBook | None) -> list[Room]:
+    """The rooms of every budget that applies to ``req``, after holds (the caller holds
+    processor.lock, so spend and holds are read in one step)."""
+    rooms = []
+    for b in processor.book.for_tenant(req.tenant_id):
+        if not applies(b, req, names):
+            continue
+        pools = [""] + ([req.value_tier] if req.value_tier in b.pools else [])
+        key = "" if b.each is None else request_key(b.each, req)
+        if key is None:
+            # a template whose key the caller did not name: shown, not checked (the reason
+            # says so), never denied on
+            for pool in pools:
+                rooms.append(Room(b.budget_id, pool, b.pool_limit(pool), Decimal(0), b.mode,
+                                  b.metric, checked=False, each=b.each or ""))
+            continue
+        spent = await processor.budgets.spend_for(b, key, now)
+        for pool in pools:
+            held = holds.held((b.budget_id, pool, key)) if holds is not None else Decimal(0)
+            rooms.append(Room(b.budget_id, pool, b.pool_limit(pool),
+                              spent.get(pool, Decimal(0)), b.mode, b.metric, held=held,
+                              key=key, each=b.each or ""))
+    return rooms
+
+
+async def decide_now(runtime: Any, req: DecisionRequest, now: datetime,
+                     holds: HoldBook | None = None,
+                     then: Callable[[Decision], None] | None = None
+                     ) -> tuple[int, Any]:
+    """(200, (decision, rooms)) or (status, error JSON): rooms and the decision computed
+    under the Processor's lock, and ``then`` (the reservation's hold) run in the same step."""
+    processor = runtime.processor
+    catalog = runtime.catalog
+    model = catalog.resolve(req.model)
+    if model is None:
+        return 404, {"error": f"model {req.model!r} is not in the price catalog"}
+    holds = holds if holds is not None else hold_book_of(processor.watchers)
+    async with processor.lock:
+        if holds is not None:
+            holds.expire(now)
+        rooms = await rooms_for(processor, req, {req.model, model.model}, now, holds)
+        try:
+            decision = decide(req, rooms, catalog, now, processor.meter.policy)
+        except PricingError as exc:
+            return 404, {"error": exc.detail}
+        if then is not None:
+            then(decision)
+    return 200, (decision, rooms)
 
 
 def register_budget_views(app: Any, runtime: Any) -> None:
@@ -98,45 +155,18 @@ def register_budget_views(app: Any, runtime: Any) -> None:
         @app.topic_route(runtime.events_topic, query_param="tenant_id")  # type: ignore[untyped-decorator]
         async def routed(self, request: Request) -> Response:
             q = request.query
+            attributes = {k[len(ATTR_PARAM):]: v for k, v in q.items()
+                          if k.startswith(ATTR_PARAM)}
             try:
-                req = DecisionRequest(
-                    tenant_id=q["tenant_id"], model=q["model"],
-                    value_tier=q.get("value_tier", "standard"),
-                    input_tokens=int(q.get("estimated_input_tokens", "0")),
-                    output_tokens=int(q.get("estimated_output_tokens", "0")),
-                    project_id=q.get("project_id"), user_id=q.get("user_id"),
-                    feature=q.get("feature"), task_type=q.get("task_type"))
-            except (KeyError, ValueError) as exc:
-                return self.json({"error": f"bad or missing parameter: {exc}; need tenant_id, "
-                                  "model, estimated_input_tokens, estimated_output_tokens"},
-                                 status=400)
-            if req.input_tokens < 0 or req.output_tokens < 0:
-                return self.json({"error": "token estimates must not be negative"}, status=400)
+                req = request_from(q, attributes)
+            except ValidationFailed as exc:
+                return self.json({"error": exc.detail}, status=400)
             now = runtime.clock()
-            catalog = runtime.catalog
-            model = catalog.resolve(req.model)
-            if model is None:
-                return self.json({"error": f"model {req.model!r} is not in the price catalog"},
-                                 status=404)
-            rooms = await _rooms(req, {req.model, model.model}, now)
-            try:
-                decision = decide(req, rooms, catalog, now)
-            except PricingError as exc:
-                return self.json({"error": exc.detail}, status=404)
+            status, answer = await decide_now(runtime, req, now)
+            if status != 200:
+                return self.json(answer, status=status)
+            decision, _ = answer
             return self.json({"tenant_id": req.tenant_id, **decision.as_json()})
-
-    async def _rooms(req: DecisionRequest, names: set[str], now: datetime) -> list[Room]:
-        rooms = []
-        for b in processor.book.for_tenant(req.tenant_id):
-            if not applies(b, req, names):
-                continue
-            async with processor.lock:
-                spent = await processor.budgets.spend_for(b, "", now)
-            pools = [""] + ([req.value_tier] if req.value_tier in b.pools else [])
-            for pool in pools:
-                rooms.append(Room(b.budget_id, pool, b.pool_limit(pool),
-                                  spent.get(pool, Decimal(0)), b.mode, b.metric))
-        return rooms
 
 
 def register_forecast_view(app: Any, runtime: Any) -> None:

@@ -1,0 +1,128 @@
+"""HTTP views for reservations: hold an estimate against every applicable budget room.
+
+``POST /api/reservations`` (JSON body: the decision API's parameters, ``attributes`` as an
+object, optional ``ttl_s``) decides and holds in one step under the Processor's lock, so N
+concurrent reservations cannot all see the same room. ``DELETE /api/reservations/{id}``
+releases a hold early. Holds live in the worker that owns the tenant's partition (the one
+that counts its events and so settles them): a request that reaches another worker is
+forwarded there with its body (``?tenant_id=`` in the URL, which the SDK always sends,
+lets a DELETE be forwarded too).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from pipeline.core.decision import Decision, request_from, room_json
+from pipeline.core.reservations import HoldBook, hold_amounts, ttl
+from pipeline.errors import ValidationFailed
+from pipeline.web.budgets_api import decide_now
+
+FORWARDED = "X-Tokenmeter-Forwarded"  # set on a forwarded request: never forwarded again
+
+
+def register_reservation_views(app: Any, runtime: Any, holds: HoldBook) -> None:
+    """Attach POST /api/reservations and DELETE /api/reservations/{reservation_id}."""
+    processor = runtime.processor
+    settings = runtime.settings
+
+    async def forwarded(view: View, request: Request, tenant: str | None,
+                        body: bytes) -> Response | None:
+        """The owner's answer when another worker owns the tenant; None: answer here."""
+        if not tenant or request.headers.get(FORWARDED) or processor.budgets.owns(tenant):
+            return None
+        try:
+            dest = app.router.external_topic_key_store(runtime.events_topic, tenant)
+        except (KeyError, AttributeError):
+            return None  # assignment not known yet: answer here
+        url = request.url.with_host(dest.host).with_port(int(dest.port or 80))
+        if (url.host, url.port) == (request.url.host, request.url.port):
+            return None
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        headers[FORWARDED] = "1"
+        async with app.http_client.request(method=request.method, url=url, headers=headers,
+                                           data=body) as resp:
+            answer: Response = view.bytes(await resp.read(), status=resp.status,
+                                          content_type=resp.content_type)
+            return answer
+
+    @app.page("/api/reservations")
+    class Reservations(View):
+        async def post(self, request: Request) -> Response:
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                return self.json({"error": "send a JSON object with the decision API's "
+                                  "parameters (tenant_id, model, estimated_input_tokens, "
+                                  "estimated_output_tokens, ...)"}, status=400)
+            tenant = body.get("tenant_id")
+            in_url = request.query.get("tenant_id")
+            if in_url is not None and in_url != tenant:
+                return self.json({"error": f"?tenant_id={in_url[:80]!r} names another tenant "
+                                  "than the body's tenant_id"}, status=400)
+            answer = await forwarded(self, request, tenant if isinstance(tenant, str) else None,
+                                     raw)
+            if answer is not None:
+                return answer
+            attributes = body.get("attributes") or {}
+            if not isinstance(attributes, dict):
+                return self.json({"error": "attributes must be a JSON object of strings"},
+                                 status=400)
+            try:
+                req = request_from(body, attributes)
+                life = ttl(body.get("ttl_s"), settings.reservation_ttl_s,
+                           settings.reservation_max_ttl_s)
+            except ValidationFailed as exc:
+                return self.json({"error": exc.detail}, status=400)
+            now = runtime.clock()
+            expires_at = now + life
+            reservation_id = str(uuid.uuid4())
+            held: dict[str, Any] = {}
+
+            def hold(d: Decision) -> None:
+                # inside the lock, right after the decision: nobody sees the room in between
+                amounts = hold_amounts(d, req, processor.meter.policy)
+                if d.decision != "deny":
+                    held["hold"] = holds.hold(reservation_id, req.tenant_id, amounts,
+                                              expires_at)
+
+            try:
+                status, result = await decide_now(runtime, req, now, holds, then=hold)
+            except ValidationFailed as exc:  # too many open holds
+                return self.json({"error": exc.detail}, status=429)
+            if status != 200:
+                return self.json(result, status=status)
+            decision, _ = result
+            amounts = held["hold"].amounts if "hold" in held else {}
+            after = [room_json(r) | {
+                "held": format(r.held + amounts.get(r.ident, 0), "f"),
+                "remaining": format(max(r.remaining - amounts.get(r.ident, 0), 0), "f"),
+                "hold": format(amounts.get(r.ident, 0), "f")} for r in decision.rooms]
+            out = decision.as_json() | {
+                "tenant_id": req.tenant_id,
+                "reservation_id": reservation_id if "hold" in held else None,
+                "expires_at": expires_at.isoformat() if "hold" in held else None,
+                "remaining": after,
+            }
+            return self.json(out)
+
+    @app.page("/api/reservations/{reservation_id}")
+    class OneReservation(View):
+        async def delete(self, request: Request, reservation_id: str) -> Response:
+            answer = await forwarded(self, request, request.query.get("tenant_id"), b"")
+            if answer is not None:
+                return answer
+            async with processor.lock:
+                released = holds.settle(reservation_id)
+            if released is None:
+                return self.json({"error": f"no open reservation {reservation_id[:80]!r} "
+                                  "here (settled by its event, expired, or released)"},
+                                 status=404)
+            return self.json({"released": reservation_id})
