@@ -12,6 +12,16 @@ splits writes by lifetime; ``anthropic_usage`` maps its usage object onto our fi
     meter.record(tenant_id="acme", provider="anthropic", model=resp.model,
                  **anthropic_usage(resp.usage))
 
+Reservations hold an estimate against the tenant's budgets before a call (the worker's
+``POST /api/reservations``); events recorded inside the block carry its ``reservation_id``,
+which settles the hold at the actual cost, and leaving without an event releases it::
+
+    with UsageProducer("127.0.0.1:9092", api_url="http://127.0.0.1:6066") as meter:
+        with meter.reserve(tenant_id="acme", model="gpt-4o", estimated_input_tokens=2000,
+                           estimated_output_tokens=500) as r:
+            if r.decision != "deny":
+                meter.record(tenant_id="acme", provider="openai", model=r.model, ...)
+
 Events get an ``event_id`` (UUID) and a UTC timestamp, are validated before sending (a bad
 event raises ``ValidationFailed`` at the call site, not in the pipeline), and go out as batch
 envelopes of up to ``batch_size`` events per tenant or after ``linger_ms``.
@@ -20,8 +30,10 @@ envelopes of up to ``batch_size`` events per tenant or after ``linger_ms``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -32,7 +44,7 @@ from typing import Any
 
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.validate import validate_event
-from pipeline.errors import PricingError
+from pipeline.errors import PricingError, ValidationFailed
 from pipeline.stream.topics import PRODUCER_SIZES
 
 
@@ -77,11 +89,15 @@ class AsyncUsageProducer:
 
     def __init__(self, bootstrap_servers: str, *, topic: str = "usage-events",
                  batch_size: int = 100, linger_ms: float = 50, catalog: Catalog | None = None,
-                 clock: Callable[[], datetime] | None = None, **kafka_options: Any) -> None:
+                 clock: Callable[[], datetime] | None = None, api_url: str | None = None,
+                 api_token: str | None = None, **kafka_options: Any) -> None:
         if not 1 <= batch_size <= 1000:
             raise ValueError("batch_size must be between 1 and 1000 (the envelope limit)")
         self.topic = topic
         self.batch_size = batch_size
+        # the worker's HTTP API (reservations) and its bearer token, when set
+        self.api_url = api_url
+        self.api_token = api_token
         self.linger_s = linger_ms / 1000
         self.catalog = catalog or load_catalog()
         # what stamps events without a timestamp (and checks them): the wall clock by default
@@ -131,7 +147,9 @@ class AsyncUsageProducer:
     async def record(self, *, tenant_id: str, provider: str, model: str,
                      input_tokens: int | None = None, output_tokens: int | None = None,
                      **fields: Any) -> str:
-        """Queue one usage event; returns its event_id."""
+        """Queue one usage event; returns its event_id (inside ``reserve``: it carries the
+        reservation's id)."""
+        _stamp_reservation(fields)
         event = self.build(tenant_id, provider, model, input_tokens, output_tokens, fields)
         buf = self._buffers.setdefault(tenant_id, [])
         buf.append(event)
@@ -193,9 +211,21 @@ class UsageProducer:
                input_tokens: int | None = None, output_tokens: int | None = None,
                **fields: Any) -> str:
         """Queue one usage event; returns its event_id (raises ValidationFailed if invalid)."""
+        _stamp_reservation(fields)  # here: the loop thread does not see the caller's context
         return str(self._call(self._async.record(tenant_id=tenant_id, provider=provider,
                                                  model=model, input_tokens=input_tokens,
                                                  output_tokens=output_tokens, **fields)))
+
+    def reserve(self, *, tenant_id: str, model: str, estimated_input_tokens: int,
+                estimated_output_tokens: int, **params: Any) -> Reservation:
+        """Hold an estimate against the tenant's budgets (use as ``with``)."""
+        if self._async.api_url is None:
+            raise ValidationFailed("bad_request", "reserve needs the worker's HTTP API: "
+                                   "pass api_url='http://HOST:6066' to UsageProducer")
+        return reserve(self._async.api_url, tenant_id=tenant_id, model=model,
+                       estimated_input_tokens=estimated_input_tokens,
+                       estimated_output_tokens=estimated_output_tokens,
+                       api_token=self._async.api_token, **params)
 
     def flush(self) -> None:
         """Send everything queued and wait for the broker."""
@@ -232,8 +262,100 @@ def decide(base_url: str, *, tenant_id: str, model: str, estimated_input_tokens:
         return result
 
 
+_current: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(
+    "tokenmeter_reservation", default=None)
+
+
+def _stamp_reservation(fields: dict[str, Any]) -> None:
+    """Inside ``with reserve(...)``: the event carries the reservation's id."""
+    r = _current.get()
+    if r is not None and r.reservation_id and "reservation_id" not in fields:
+        fields["reservation_id"] = r.reservation_id
+        r.used = True
+
+
+def _call_api(method: str, url: str, body: dict[str, Any] | None, api_token: str | None,
+              timeout: float) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json"}  # the API refuses mutations without it
+    if api_token:
+        headers["Authorization"] = f"Bearer {api_token}"
+    data = json.dumps(body).encode() if body is not None else b""
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - caller's URL
+            answer: dict[str, Any] = json.loads(resp.read())
+            return answer
+    except urllib.error.HTTPError as exc:
+        if exc.code in (400, 404, 422, 429):
+            try:
+                detail = str(json.loads(exc.read()).get("error"))
+            except ValueError:
+                detail = exc.reason
+            raise ValidationFailed("bad_request", f"{method} {url}: {exc.code} {detail}") \
+                from None
+        raise
+
+
+class Reservation:
+    """An answer of POST /api/reservations; a context manager that releases the hold on
+    exit unless an event recorded inside carried its id (that event settles it)."""
+
+    def __init__(self, answer: dict[str, Any], base_url: str, api_token: str | None,
+                 timeout: float) -> None:
+        self.answer = answer
+        self.decision: str = answer["decision"]
+        self.reservation_id: str | None = answer.get("reservation_id")
+        # the model to call: the suggested one when the answer is downgrade
+        self.model: str = (answer.get("suggested_model") or answer["model"]
+                           if self.decision == "downgrade" else answer["model"])
+        self.used = False
+        self._url = base_url.rstrip("/")
+        self._token = api_token
+        self._timeout = timeout
+        self._tenant = answer.get("tenant_id", "")
+        self._reset: contextvars.Token[Reservation | None] | None = None
+
+    def release(self) -> bool:
+        """Release the hold now; False when none was open (settled, expired, released)."""
+        if not self.reservation_id:
+            return False
+        query = urllib.parse.urlencode({"tenant_id": self._tenant})
+        rid = urllib.parse.quote(self.reservation_id, safe="")
+        try:
+            _call_api("DELETE", f"{self._url}/api/reservations/{rid}?{query}", None,
+                      self._token, self._timeout)
+        except ValidationFailed:
+            return False
+        return True
+
+    def __enter__(self) -> Reservation:
+        self._reset = _current.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._reset is not None:
+            _current.reset(self._reset)
+            self._reset = None
+        if not self.used:
+            self.release()
+
+
+def reserve(base_url: str, *, tenant_id: str, model: str, estimated_input_tokens: int,
+            estimated_output_tokens: int, api_token: str | None = None, timeout: float = 5.0,
+            **params: Any) -> Reservation:
+    """POST /api/reservations: hold an estimate (other decision parameters, ``attributes``
+    and ``ttl_s`` as keywords)."""
+    body = {"tenant_id": tenant_id, "model": model,
+            "estimated_input_tokens": estimated_input_tokens,
+            "estimated_output_tokens": estimated_output_tokens, **params}
+    query = urllib.parse.urlencode({"tenant_id": tenant_id})  # routes to the owning worker
+    answer = _call_api("POST", f"{base_url.rstrip('/')}/api/reservations?{query}", body,
+                       api_token, timeout)
+    return Reservation(answer, base_url, api_token, timeout)
+
+
 # at the end: the wrappers import anthropic_usage from this module
 from pipeline.sdk.instrument import CallMeter, instrument, meter_run  # noqa: E402
 
-__all__ = ["AsyncUsageProducer", "CallMeter", "UsageProducer", "anthropic_usage", "decide",
-           "instrument", "meter_run"]
+__all__ = ["AsyncUsageProducer", "CallMeter", "Reservation", "UsageProducer",
+           "anthropic_usage", "decide", "instrument", "meter_run", "reserve"]
