@@ -1,0 +1,53 @@
+"""The spend-velocity baseline query on the real chDB ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from pipeline.core.anomaly import baselines_from
+from pipeline.core.budgets import Budget
+from pipeline.store.baseline import hour_spend
+from pipeline.store.client import Store
+from pipeline.store.sink import USAGE_COLUMNS, usage_row
+from tests.helpers import METER
+
+pytestmark = pytest.mark.integration
+HOUR = datetime(2026, 3, 10, 14, tzinfo=timezone.utc)  # a Tuesday, 14:00 UTC
+
+
+def test_hour_spend_reads_the_same_hour_of_the_week_of_the_scope_once(store: Store) -> None:
+    budget = Budget.model_validate({"budget_id": "v", "tenant_id": "acme", "metric": "tokens",
+                                    "project_id": "web", "limit": "1e9",
+                                    "anomaly": {"enabled": True}})
+    rows = []
+
+    def add(eid: str, at: datetime, tokens: int, project: str = "web",
+            tenant: str = "acme") -> None:
+        p = METER.meter_object({"event_id": eid, "timestamp": at.isoformat(),
+                                "tenant_id": tenant, "project_id": project,
+                                "provider": "openai", "model": "gpt-4o",
+                                "input_tokens": tokens, "output_tokens": 0}, now=HOUR)
+        rows.append(usage_row(p, late=False, partition=0, offset=len(rows), ingested_at=HOUR))
+
+    for week in (1, 2, 3, 4):
+        start = HOUR - timedelta(weeks=week)
+        add(f"w{week}a", start + timedelta(minutes=3, seconds=10), 100 * week)
+        add(f"w{week}b", start + timedelta(minutes=3, seconds=50), 1)
+    add("week5", HOUR - timedelta(weeks=5, minutes=-3), 10_000)  # beyond the weeks asked
+    add("other-hour", HOUR - timedelta(weeks=1, hours=1), 10_000)
+    add("other-day", HOUR - timedelta(days=1), 10_000)
+    add("other-project", HOUR - timedelta(weeks=1, minutes=-3), 10_000, project="api")
+    add("other-tenant", HOUR - timedelta(weeks=1, minutes=-3), 10_000, tenant="globex")
+    add("this-hour", HOUR + timedelta(minutes=1), 10_000)  # the hour being judged
+    store.insert("usage_events", rows, USAGE_COLUMNS)
+    store.insert("usage_events", rows[:1], USAGE_COLUMNS)  # re-delivered: FINAL counts it once
+
+    got = hour_spend(store, budget, HOUR + timedelta(minutes=30))
+    assert got == [(HOUR - timedelta(weeks=w, minutes=-3), Decimal(100 * w + 1))
+                   for w in (4, 3, 2, 1)]
+    assert all(at.tzinfo is not None for at, _ in got)
+    base = baselines_from(got, HOUR, [60, 300])
+    assert base[60].samples == 240 and base[60].median == 0  # missing minutes are zeros
