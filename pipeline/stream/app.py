@@ -23,6 +23,7 @@ from pipeline.stream.holds import HoldWatcher
 from pipeline.stream.live import LiveState
 from pipeline.stream.processor import MOVED_HEADER, Processor, RawMessage, was_moved
 from pipeline.stream.topics import partition_for
+from pipeline.stream.velocity import VelocityWatch
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +130,16 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
                      horizon=timedelta(days=settings.dedup_horizon_days),
                      max_ids=settings.dedup_max_ids)
     holds = HoldBook()  # open reservations (POST /api/reservations), settled by events
+    velocity = VelocityWatch(store, clock)  # spend-velocity (anomaly) breaches
     processor = Processor(Meter(catalog, policy), sink, store, live, publish_dlq,
                           grace=timedelta(seconds=settings.grace_s), clock=clock,
                           publish_breach=publish_breach,
                           partition_of=lambda t: partition_for(t, settings.partitions),
                           forward=forward,
-                          # after budgets, in the same locked step: reservation holds
-                          watchers=[HoldWatcher(holds)])
+                          # after budgets, in the same locked step: reservation holds,
+                          # then spend velocity (anomaly breaches; baselines off the hot path)
+                          watchers=[HoldWatcher(holds), velocity])
+    velocity.bind(processor.book, processor.budgets.owns)  # the processor's budgets and tenants
     runtime = Runtime(settings=settings, store=store, processor=processor, app=app,
                       events_topic=events_topic, catalog=catalog,
                       publish_budget=publish_budget, clock=clock)
