@@ -4,11 +4,13 @@
 reservation_id, through the SDK) what they were allowed: the ledger ends at or under $1 plus
 one request's estimation error, no client is denied while its estimate still fitted, every
 hold is settled by its event (not by the TTL), and leaving ``reserve`` without an event
-releases the hold.
+releases the hold. The same worker shows the routes' refusals (JSON only, Host and Origin
+guards, bad bodies).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import signal
@@ -42,6 +44,53 @@ def spend(settings: Settings) -> Decimal:
     rows = query(settings, "SELECT toString(sum(total_cost)) FROM tokenmeter.usage_events "
                  f"FINAL WHERE tenant_id = '{TENANT}'")
     return Decimal(rows[0][0])
+
+
+def raw_call(settings: Settings, method: str, path: str, body: bytes,
+             headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """One request with exactly these headers (Host included)."""
+    conn = http.client.HTTPConnection("127.0.0.1", settings.web_port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def check_refusals(settings: Settings) -> None:
+    """Mutations need JSON, the Host guard covers these routes, bad bodies say why."""
+    host = {"Host": f"127.0.0.1:{settings.web_port}"}
+    as_json = host | {"Content-Type": "application/json"}
+    good = json.dumps({"tenant_id": TENANT, "model": "deepseek-chat",
+                       "estimated_input_tokens": 10, "estimated_output_tokens": 0}).encode()
+    cases = [
+        ("POST", "/api/reservations", good, host | {"Content-Type": "text/plain"}, 415, "JSON"),
+        ("POST", "/api/reservations", good, host, 415, "JSON"),
+        ("DELETE", "/api/reservations/x", b"", host, 415, "JSON"),
+        ("POST", "/api/reservations", good, as_json | {"Host": "evil.example:80"}, 403,
+         "DNS rebinding"),
+        ("DELETE", "/api/reservations/x", b"", as_json | {"Host": "evil.example"}, 403,
+         "DNS rebinding"),
+        ("POST", "/api/reservations", good, as_json | {"Origin": "http://evil.example"},
+         403, "cross-origin"),
+        ("POST", "/api/reservations", b"[1]", as_json, 400, "JSON object"),
+        ("POST", "/api/reservations", b"{", as_json, 400, "JSON object"),
+        ("POST", "/api/reservations?tenant_id=other", good, as_json, 400, "another tenant"),
+        ("POST", "/api/reservations", json.dumps({**json.loads(good), "ttl_s": 10**6}).encode(),
+         as_json, 400, "ttl_s"),
+        ("POST", "/api/reservations", json.dumps({**json.loads(good), "model": "nope"}).encode(),
+         as_json, 404, "not in the price catalog"),
+        ("DELETE", "/api/reservations/none-such", b"", as_json, 404, "no open reservation"),
+    ]
+    for method, path, body, headers, status, words in cases:
+        got, answer = raw_call(settings, method, path, body, headers)
+        assert got == status and words in answer.get("error", ""), (method, path, headers,
+                                                                     got, answer)
 
 
 def whole(answer: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +179,14 @@ def test_fifty_concurrent_clients_hold_a_hard_dollar(settings: Settings) -> None
         after = meter.reserve(tenant_id=TENANT, model="deepseek-chat",
                               estimated_input_tokens=0, estimated_output_tokens=0)
         assert Decimal(whole(after.answer)["held"]) == 0
+        # GET /api/decision answers after holds too, and takes the new parameters
+        status, answer = raw_call(
+            settings, "GET", f"/api/decision?tenant_id={TENANT}&model=deepseek-chat"
+            "&estimated_input_tokens=10&estimated_cache_read_tokens=5&service_tier=standard"
+            "&criticality=high&attr.api_key=k1&run_id=r1", b"",
+            {"Host": f"127.0.0.1:{settings.web_port}"})
+        assert status == 200 and Decimal(whole(answer)["spent"]) == total, answer
+        check_refusals(settings)
         print(f"{len(allowed)} allowed ({sum(a['decision'] == 'downgrade' for a in allowed)} "
               f"downgraded), {len(denied)} denied, ledger {total} USD, reserve+record "
               f"{reserved_s:.2f}s")
