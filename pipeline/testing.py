@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from pipeline.core.budget_options import ATTRIBUTE_PREFIX, EACH_ATTRIBUTES, EACH_FIELDS
 from pipeline.core.spend import WindowKind, window_start
 from pipeline.errors import StoreWriteFailed
 from pipeline.store.sink import DLQ_COLUMNS, USAGE_COLUMNS
@@ -240,6 +241,30 @@ class InMemoryLedger:
         return {r["breach_id"] for r in self.rows("budget_breaches")
                 if r["budget_id"] == budget_id and r["period_start"] == period_start}
 
+    def key_spend(self, budget: Any, start: datetime, end: datetime,
+                  keys: Iterable[str]) -> list[tuple[str, str, Any, datetime, datetime]]:
+        """(key, value_tier, amount, first, last event time) of a template's keys (FINAL)."""
+        wanted = set(keys)
+        acc: dict[tuple[str, str], list[Any]] = {}
+        for r in self._final(self._snapshot("key_spend")):
+            key = _row_key(r, budget.each)
+            if key not in wanted or not _in_scope(r, budget, start, end):
+                continue
+            ts = r["timestamp"]
+            a = acc.setdefault((key, r["value_tier"]), [Decimal(0), ts, ts])
+            a[0] += _metric(r, budget.metric.value)
+            a[1], a[2] = min(a[1], ts), max(a[2], ts)
+        return [(k, tier, a[0], a[1], a[2]) for (k, tier), a in sorted(acc.items())]
+
+    def fired_key_breaches(self, budget_id: str, period_start: datetime | None,
+                           keys: Iterable[str]) -> set[tuple[str, str]]:
+        """(key, breach_id) mirrored for a template's keys (None: any period)."""
+        self.reads["fired_key_breaches"] += 1
+        wanted = set(keys)
+        return {(r["key"], r["breach_id"]) for r in self.rows("budget_breaches")
+                if r["budget_id"] == budget_id and r.get("key", "") in wanted
+                and (period_start is None or r["period_start"] == period_start)}
+
     def watermarks(self, partitions: Iterable[int]) -> dict[int, datetime]:
         """Latest on-time event time stored per source partition."""
         wanted = set(partitions)
@@ -299,6 +324,14 @@ def _in_scope(r: Row, budget: Any, start: datetime, end: datetime) -> bool:
         if value is not None and r[field] != value:
             return False
     return budget.model is None or budget.model in (r["model"], r["priced_model"])
+
+
+def _row_key(r: Row, each: str) -> str:
+    """A stored row's value of a template key, as ledger.key_column reads it ("" if none)."""
+    if each in EACH_FIELDS:
+        return str(r[each] or "")
+    name = each if each in EACH_ATTRIBUTES else each.removeprefix(ATTRIBUTE_PREFIX)
+    return str((r["attributes"] or {}).get(name, ""))
 
 
 def _metric(r: Row, metric: str) -> Decimal:

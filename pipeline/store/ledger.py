@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
+from pipeline.core.budget_options import ATTRIBUTE_PREFIX, EACH_ATTRIBUTES, EACH_FIELDS
 from pipeline.store.client import Store
 
 _SUMS = (
@@ -146,6 +147,62 @@ def fired_breaches(store: Store, budget_id: str, period_start: datetime) -> set[
     return {r[0] for r in rows}
 
 
+def key_column(each: str) -> tuple[str, dict[str, Any]]:
+    """SQL expression of a template key (--each) over usage_events, and its parameters."""
+    if each in EACH_FIELDS:
+        return each, {}
+    name = each if each in EACH_ATTRIBUTES else each.removeprefix(ATTRIBUTE_PREFIX)
+    return "attributes[%(each_attr)s]", {"each_attr": name}
+
+
+def _key_chunks(keys: Iterable[str]) -> Iterator[list[str]]:
+    """Sorted distinct keys in chunks that keep a query under max_query_size."""
+    for chunk in _chunks([(k, "") for k in sorted(set(keys))]):
+        yield [k for k, _ in chunk]
+
+
+def key_spend(store: Store, budget: Any, start: datetime, end: datetime,
+              keys: Iterable[str]) -> list[tuple[str, str, Any, datetime, datetime]]:
+    """(key, value_tier, amount, first event, last event) of a template budget's keys in
+    [start, end), from the exact ledger: one query per chunk of keys, not one per key."""
+    where, params = _scope(budget, start, end)
+    column, extra = key_column(budget.each)
+    out: list[tuple[str, str, Any, datetime, datetime]] = []
+    for chunk in _key_chunks(keys):
+        rows = store.rows(
+            f"SELECT {column} AS k, value_tier, sum({_METRIC_SQL[budget.metric.value]}), "
+            f"min(timestamp), max(timestamp) FROM {store.database}.usage_events FINAL "
+            f"WHERE {where} AND k IN %(keys)s GROUP BY k, value_tier",
+            parameters={**params, **extra, "keys": chunk},
+        )
+        out.extend((k, tier, amount, _utc(first), _utc(last))
+                   for k, tier, amount, first, last in rows)
+    return out
+
+
+def fired_key_breaches(store: Store, budget_id: str, period_start: datetime | None,
+                       keys: Iterable[str]) -> set[tuple[str, str]]:
+    """(key, breach_id) already published for template keys of a budget's period (``None``:
+    any period, as a run's breaches name the run's own start)."""
+    found: set[tuple[str, str]] = set()
+    period = "" if period_start is None else " AND period_start = %(p)s"
+    params: dict[str, Any] = {"b": budget_id}
+    if period_start is not None:
+        params["p"] = period_start
+    for chunk in _key_chunks(keys):
+        rows = store.rows(
+            f"SELECT key, breach_id FROM {store.database}.budget_breaches "
+            f"WHERE budget_id = %(b)s{period} AND key IN %(keys)s",
+            parameters={**params, "keys": chunk},
+        )
+        found.update((k, b) for k, b in rows)
+    return found
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
+
+
 def stored_budgets(store: Store) -> list[tuple[str, str, bool]]:
     """(budget_id, spec JSON, deleted) of the latest version of every mirrored budget."""
     return [
@@ -186,6 +243,16 @@ class ClickHouseLedger:
     def fired_breaches(self, budget_id: str, period_start: datetime) -> set[str]:
         """See :func:`fired_breaches`."""
         return fired_breaches(self.store, budget_id, period_start)
+
+    def key_spend(self, budget: Any, start: datetime, end: datetime,
+                  keys: Iterable[str]) -> list[tuple[str, str, Any, datetime, datetime]]:
+        """See :func:`key_spend`."""
+        return key_spend(self.store, budget, start, end, keys)
+
+    def fired_key_breaches(self, budget_id: str, period_start: datetime | None,
+                           keys: Iterable[str]) -> set[tuple[str, str]]:
+        """See :func:`fired_key_breaches`."""
+        return fired_key_breaches(self.store, budget_id, period_start, keys)
 
     def watermarks(self, partitions: Iterable[int]) -> dict[int, datetime]:
         """See :func:`watermarks`."""

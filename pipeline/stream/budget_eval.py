@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
-from pipeline.core.budgets import Budget, BudgetBreach, percent_of, period_bounds
+from pipeline.core.budgets import Budget, BudgetBreach, Period, percent_of, period_bounds
 from pipeline.core.events import PricedUsage
 from pipeline.errors import StoreError
 from pipeline.store.sink import (
@@ -27,13 +28,19 @@ from pipeline.store.sink import (
     breach_row,
     classify_store_error,
 )
-from pipeline.stream.budget_book import BudgetBook, BudgetTracker, PeriodSpend
+from pipeline.stream.budget_book import (
+    BudgetBook,
+    BudgetTracker,
+    PeriodSpend,
+    TemplatePeriod,
+)
 from pipeline.stream.live import LiveState
 from pipeline.stream.ports import LedgerReads, LedgerWrites, Publish
 from pipeline.stream.staging import Metrics
 
 log = logging.getLogger(__name__)
-Hit = tuple[PeriodSpend, str, Decimal, str]  # (period, value tier, amount, event_id)
+# (period, template key or "", value tier, amount, event_id, event time)
+Hit = tuple[PeriodSpend | TemplatePeriod, str, str, Decimal, str, datetime]
 
 
 def must_propagate(exc: BaseException) -> bool:
@@ -75,31 +82,48 @@ class BudgetEvaluator:
     async def count(self, fresh: list[PricedUsage], now: datetime,
                     failures: list[list[Any]]) -> list[BudgetBreach]:
         """Count a staged batch's fresh events; the breaches they cross (each once)."""
+        if self.tracker.templates:
+            # before loading: a key idle past its timeout is dropped, and its next event
+            # reloads it from the ledger (exact, and memory stays bounded)
+            self.tracker.expire_keys(now)
         breaches: list[BudgetBreach] = []
-        for ps, tier, amount, event_id in await self._hits(fresh, now, failures):
-            if ps.budget.budget_id in self.failed:
+        for target, key, tier, amount, event_id, at in await self._hits(fresh, now, failures):
+            budget = target.budget
+            if budget.budget_id in self.failed:
                 continue  # failed earlier in this batch
             try:
-                ps.add(tier, amount)
-                breaches.extend(ps.evaluate(now, event_id))
+                if isinstance(target, PeriodSpend):
+                    target.add(tier, amount)
+                    breaches.extend(target.evaluate(now, event_id))
+                    continue
+                ks = target.keys.get(key)
+                if ks is None:
+                    continue  # its budget was forgotten in this batch (failed)
+                ks.add(budget, tier, amount)
+                ks.seen(at.timestamp())
+                breaches.extend(target.evaluate(key, now, event_id))
             except Exception as exc:
                 if must_propagate(exc):
                     raise
-                failures.append(self.fail(ps.budget, failure_reason(exc), now))
+                failures.append(self.fail(budget, failure_reason(exc), now))
         if self.tracker.periods:
             self.tracker.expire(now)
         return breaches
 
     async def _hits(self, fresh: list[PricedUsage], now: datetime,
                     failures: list[list[Any]]) -> list[Hit]:
-        """(period, tier, amount, event_id) for every event x matching budget.
+        """(period, key, tier, amount, event_id, event time) for every event x matching
+        budget (a template's events without its key do not count).
 
-        Periods not yet tracked are loaded from the ledger first, before this batch is
-        written, so the batch is counted exactly once. A budget that raises is marked failed
-        (a row appended to ``failures``) and skipped; every other budget goes on.
+        Periods (and template keys) not yet tracked are loaded from the ledger first, before
+        this batch is written, so the batch is counted exactly once: one load per plain
+        period, one per template period for all of its keys missing in the batch. A budget
+        that raises is marked failed (a row appended to ``failures``) and skipped; every
+        other budget goes on.
         """
-        wanted: list[tuple[Budget, PricedUsage, datetime, Decimal]] = []
+        wanted: list[tuple[Budget, PricedUsage, datetime, Decimal, str]] = []
         missing: dict[tuple[str, datetime], tuple[Budget, datetime, datetime]] = {}
+        keys: dict[tuple[str, datetime], tuple[Budget, datetime, datetime, set[str]]] = {}
         for p in fresh:
             for b in self.book.for_tenant(p.tenant_id):
                 if b.budget_id in self.failed:
@@ -107,28 +131,46 @@ class BudgetEvaluator:
                 try:
                     if not b.matches(p):
                         continue
+                    key = b.key_of(p)
+                    if key is None:
+                        continue  # a template's event without the key: not counted
                     start, end = period_bounds(b.period, b.tz, p.timestamp)
                     amount = b.measure(p)
                 except Exception as exc:
                     failures.append(self.fail(b, failure_reason(exc), now))
                     continue
-                wanted.append((b, p, start, amount))
-                if self.tracker.get(b.budget_id, start) is None:
-                    missing[(b.budget_id, start)] = (b, start, end)
+                wanted.append((b, p, start, amount, key))
+                if b.each is None:
+                    if self.tracker.get(b.budget_id, start) is None:
+                        missing[(b.budget_id, start)] = (b, start, end)
+                elif self.tracker.key(b.budget_id, start, key) is None:
+                    keys.setdefault((b.budget_id, start), (b, start, end, set()))[3].add(key)
+        loads: list[tuple[Budget, Callable[[], Awaitable[Any]]]] = []
         for b, start, end in missing.values():
+            loads.append((b, partial(self.load_period, b, start, end)))
+        for b, start, end, names in keys.values():
+            loads.append((b, partial(self.load_keys, b, start, end, names)))
+        for b, load in loads:
             if b.budget_id in self.failed:
                 continue
             try:
-                await self.load_period(b, start, end)
+                await load()
             except Exception as exc:
                 if must_propagate(exc):
                     raise
                 failures.append(self.fail(b, failure_reason(exc), now))
-        hits = []
-        for b, p, start, amount in wanted:
-            ps = self.tracker.get(b.budget_id, start)
-            if ps is not None and b.budget_id not in self.failed:
-                hits.append((ps, p.value_tier, amount, p.event_id))
+        hits: list[Hit] = []
+        for b, p, start, amount, key in wanted:
+            if b.budget_id in self.failed:
+                continue
+            if b.each is None:
+                ps = self.tracker.get(b.budget_id, start)
+                if ps is not None:
+                    hits.append((ps, "", p.value_tier, amount, p.event_id, p.timestamp))
+                continue
+            tp = self.tracker.templates.get((b.budget_id, start))
+            if tp is not None:
+                hits.append((tp, key, p.value_tier, amount, p.event_id, p.timestamp))
         return hits
 
     def fail(self, budget: Budget, reason: str, now: datetime) -> list[Any]:
@@ -193,24 +235,62 @@ class BudgetEvaluator:
         fired = await asyncio.to_thread(self.ledger.fired_breaches, b.budget_id, start)
         return self.tracker.load(b, start, end, by_tier, fired)
 
+    async def load_keys(self, b: Budget, start: datetime, end: datetime,
+                        keys: set[str]) -> TemplatePeriod:
+        """Track template keys of a period from the ledger: their totals, event-time range
+        and already-fired breaches, in one query each for all of them (chunked by size)."""
+        await self.drain()  # the ledger must hold every batch already counted in memory
+        names = sorted(keys)
+        rows = await asyncio.to_thread(self.ledger.key_spend, b, start, end, names)
+        # a run's breaches name the run's own first event as period_start: match any period
+        fired = await asyncio.to_thread(self.ledger.fired_key_breaches, b.budget_id,
+                                        None if b.period is Period.run else start, names)
+        by_key: dict[str, tuple[dict[str, Decimal], list[datetime]]] = {}
+        for key, tier, amount, first, last in rows:
+            by_tier, seen = by_key.setdefault(key, ({}, []))
+            by_tier[tier] = by_tier.get(tier, Decimal(0)) + Decimal(amount)
+            seen.extend((first, last))
+        fired_of: dict[str, set[str]] = {}
+        for key, bid in fired:
+            fired_of.setdefault(key, set()).add(bid)
+        tp = self.tracker.template(b, start, end)
+        for key in names:
+            by_tier, seen = by_key.get(key, ({}, []))
+            tp.load(key, by_tier, fired_of.get(key, set()), min(seen, default=None),
+                    max(seen, default=None))
+        return tp
+
     async def evaluate_budget(self, budget: Budget, now: datetime) -> list[BudgetBreach]:
-        """Load the budget's current period from the ledger and publish what is crossed."""
+        """Load the budget's current period from the ledger and publish what is crossed
+        (a template: its tracked keys; an untracked key is evaluated at its next event)."""
         start, end = period_bounds(budget.period, budget.tz, now)
-        ps = self.tracker.get(budget.budget_id, start) or await self.load_period(
-            budget, start, end)
-        breaches = ps.evaluate(now, None)
+        if budget.each is not None:
+            tp = self.tracker.templates.get((budget.budget_id, start))
+            breaches = [] if tp is None else [
+                b for key in list(tp.keys) for b in tp.evaluate(key, now, None)]
+        else:
+            ps = self.tracker.get(budget.budget_id, start) or await self.load_period(
+                budget, start, end)
+            breaches = ps.evaluate(now, None)
         if breaches:
             await self.emit(breaches)
         return breaches
 
     async def spend_for(self, budget: Budget, key: str, now: datetime) -> dict[str, Decimal]:
-        """Current-period spend of a budget (of one template key: "" for a plain budget),
-        by pool ("" is the whole budget); loaded from the ledger when not tracked.
-        The caller holds the Processor's lock."""
+        """Current-period spend of a budget (of one template key: "" for a plain budget;
+        a run's whole spend so far for a run budget), by pool ("" is the whole budget);
+        loaded from the ledger when not tracked. The caller holds the Processor's lock."""
         start, end = period_bounds(budget.period, budget.tz, now)
-        ps = self.tracker.get(budget.budget_id, start) or await self.load_period(
-            budget, start, end)
-        return dict(ps.spent)
+        if budget.each is None:
+            ps = self.tracker.get(budget.budget_id, start) or await self.load_period(
+                budget, start, end)
+            return dict(ps.spent)
+        if not key:
+            return {"": Decimal(0)}  # no key value named: nothing is spent under it
+        ks = self.tracker.key(budget.budget_id, start, key)
+        if ks is None:
+            ks = (await self.load_keys(budget, start, end, {key})).keys[key]
+        return ks.spent()
 
     async def send(self, breaches: list[BudgetBreach]) -> list[Any]:
         """Send breaches; returns their delivery futures (awaited together, not one by one)."""
@@ -228,7 +308,13 @@ class BudgetEvaluator:
         self.metrics.breaches += len(breaches)
 
     async def status_rows(self, now: datetime) -> list[list[Any]]:
-        """budget_status rows (current period) of the budgets whose tenants this worker owns."""
+        """budget_status rows (current period) of the budgets whose tenants this worker owns.
+
+        A template writes one row for itself, never one per key: ``spent`` is its most-spent
+        key tracked in memory (keys idle past the timeout are not). A run budget's row spans
+        its active runs (the earliest first event to the latest close) and is left out while
+        no run is active.
+        """
         rows = []
         failures = []
         for b in list(self.book.budgets.values()):
@@ -236,6 +322,11 @@ class BudgetEvaluator:
                 continue
             try:
                 start, end = period_bounds(b.period, b.tz, now)
+                if b.each is not None:
+                    row = self._template_status(b, start, end, now)
+                    if row is not None:
+                        rows.append(row)
+                    continue
                 ps = self.tracker.get(b.budget_id, start) or await self.load_period(b, start,
                                                                                     end)
                 spent = ps.spent.get("", Decimal(0))
@@ -248,3 +339,19 @@ class BudgetEvaluator:
         if failures:
             await self.sink.write_rows("budget_failures", failures, FAILURE_COLUMNS)
         return rows
+
+    def _template_status(self, b: Budget, start: datetime, end: datetime,
+                         now: datetime) -> list[Any] | None:
+        """The one budget_status row of a template (its most-spent tracked key)."""
+        tp = self.tracker.templates.get((b.budget_id, start))
+        active = list(tp.keys.values()) if tp is not None else []
+        spent = max((ks.total for ks in active), default=Decimal(0))
+        if b.period is Period.run:
+            seen = [ks for ks in active if ks.last >= ks.first]
+            if not seen:
+                return None
+            start = datetime.fromtimestamp(min(ks.first for ks in seen), timezone.utc)
+            end = datetime.fromtimestamp(max(ks.last for ks in seen) + b.idle_timeout_s,
+                                         timezone.utc)
+        return [b.budget_id, b.tenant_id, start, end, b.metric.value, spent, b.limit,
+                percent_of(spent, b.limit), b.mode.value, now]

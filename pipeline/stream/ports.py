@@ -39,6 +39,16 @@ class LedgerReads(Protocol):
         """breach_ids already mirrored for a budget's period."""
         ...
 
+    def key_spend(self, budget: Any, start: datetime, end: datetime,
+                  keys: Iterable[str]) -> list[tuple[str, str, Any, datetime, datetime]]:
+        """(key, value_tier, amount, first, last event time) of a template's keys."""
+        ...
+
+    def fired_key_breaches(self, budget_id: str, period_start: datetime | None,
+                           keys: Iterable[str]) -> set[tuple[str, str]]:
+        """(key, breach_id) mirrored for a template's keys (None: any period)."""
+        ...
+
     def watermarks(self, partitions: Iterable[int]) -> dict[int, datetime]:
         """Latest on-time event time stored per source partition."""
         ...
