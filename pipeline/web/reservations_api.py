@@ -39,6 +39,8 @@ def register_reservation_views(app: Any, runtime: Any, holds: HoldBook) -> None:
             dest = app.router.external_topic_key_store(runtime.events_topic, tenant)
         except (KeyError, AttributeError):
             return None  # assignment not known yet: answer here
+        if not dest.host:
+            return None
         url = request.url.with_host(dest.host).with_port(int(dest.port or 80))
         if (url.host, url.port) == (request.url.host, request.url.port):
             return None
