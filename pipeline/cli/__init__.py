@@ -98,13 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True)
     sp.add_argument("text", nargs="?", default="-", help="text, or - for stdin")
 
-    sp = cmd("budget", budgets.cmd_budget, "set, list or delete budgets")
-    sp.add_argument("action", choices=["set", "list", "delete"])
-    sp.add_argument("id", nargs="?", help="budget id (set, delete)")
+    sp = cmd("budget", budgets.cmd_budget,
+             "set, list or delete budgets; reset clears the actions a budget put in force")
+    sp.add_argument("action", choices=["set", "list", "delete", "reset"])
+    sp.add_argument("id", nargs="?", help="budget id (set, delete, reset)")
     sp.add_argument("--tenant")
     sp.add_argument("--limit")
     sp.add_argument("--period", default="month",
-                    choices=["hour", "day", "week", "month", "quarter"])
+                    choices=["hour", "day", "week", "month", "quarter", "run"],
+                    help="run: one agent run (needs --each trace_id, session_id or run_id)")
+    sp.add_argument("--each", metavar="KEY",
+                    help="a template: every value of KEY gets the limit (user_id, project_id, "
+                         "feature, trace_id, session_id, run_id or attributes.NAME)")
+    sp.add_argument("--idle-timeout", metavar="DURATION",
+                    help="template keys idle this long expire; a run closes (e.g. 30m)")
+    sp.add_argument("--anomaly", action="store_true", help="spend-velocity alerts")
+    sp.add_argument("--max-rate", metavar="N/UNIT",
+                    help="alert above this rate: N/s, N/min or N/h (turns on --anomaly)")
+    sp.add_argument("--action", dest="action_spec", action="append", metavar="KIND=ACTION",
+                    help="anomaly=block, forecast=throttle:low, ... (repeatable)")
+    sp.add_argument("--webhook", action="append", metavar="URL[,slack]",
+                    help="POST breaches here (repeatable; ,slack for a Slack payload)")
     sp.add_argument("--metric", default="cost", choices=["cost", "tokens", "value_units"])
     sp.add_argument("--thresholds", help="percent list, default 50,80,100")
     sp.add_argument("--mode", default="soft", choices=["soft", "hard"])

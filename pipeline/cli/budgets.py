@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline.core.budgets import Budget
+from pipeline.core.numbers import PLACES
 from pipeline.errors import ConfigError, TokenmeterError
 from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, Settings
 from pipeline.stream.budget_feed import Parsed, decode_budget, parse_budget
@@ -19,6 +20,48 @@ from pipeline.stream.topics import ensure_topics, kafka_client_options, kafka_pr
 from pipeline.web.budgets_api import validation_message
 
 SCOPES = ("project_id", "user_id", "feature", "model", "task_type")
+_UNIT_S = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hour": 3600}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(text: str) -> Decimal:
+    """``N/s``, ``N/min`` or ``N/h`` (in the budget's metric) as a per-minute Decimal."""
+    amount, sep, unit = text.strip().partition("/")
+    per = _UNIT_S.get(unit.strip().lower())
+    try:
+        value = Decimal(amount.strip())
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not sep or per is None or not value.is_finite() or value <= 0:
+        raise ConfigError(f"--max-rate {text!r} must look like N/s, N/min or N/h with N > 0 "
+                          "(e.g. 2/min: at most $2 a minute for a cost budget)")
+    # rounded to the places a budget number may have (1/h is 0.016667 a minute)
+    return (value * 60 / per).quantize(Decimal(10) ** -PLACES).normalize()
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``30m``, ``2h``, ``1d`` or plain seconds, as whole seconds."""
+    t = text.strip().lower()
+    unit = _SECONDS.get(t[-1:]) if t[-1:].isalpha() else 1
+    number = t[:-1] if t[-1:].isalpha() else t
+    if unit is None or not number.isdigit():
+        raise ConfigError(f"--idle-timeout {text!r} must look like 90s, 30m, 2h or 1d")
+    return int(number) * unit
+
+
+def parse_actions(items: list[str]) -> dict[str, str]:
+    """``--action KIND=ACTION[:POOL]`` (repeatable) as the budget's actions."""
+    return _pairs(items, "--action")
+
+
+def parse_webhooks(items: list[str]) -> list[dict[str, str]]:
+    """``--webhook URL[,slack|json]`` (repeatable) as the budget's webhooks."""
+    out = []
+    for item in items:
+        url, _, fmt = item.rpartition(",") if item.endswith((",slack", ",json")) \
+            else (item, "", "")
+        out.append({"url": url.strip(), **({"format": fmt} if fmt else {})})
+    return out
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -50,6 +93,19 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
         spec["forecast"] = {"enabled": True, "probability": args.forecast_probability}
     if args.no_forecast:
         spec["forecast"] = {"enabled": False}
+    if getattr(args, "each", None):
+        spec["each"] = args.each
+    if getattr(args, "idle_timeout", None):
+        spec["idle_timeout_s"] = parse_duration(args.idle_timeout)
+    max_rate = getattr(args, "max_rate", None)
+    if getattr(args, "anomaly", False) or max_rate:
+        # a ceiling alerts through the anomaly watch, so --max-rate turns it on
+        spec["anomaly"] = {"enabled": True,
+                           **({"max_rate": parse_rate(max_rate)} if max_rate else {})}
+    if getattr(args, "action_spec", None):
+        spec["actions"] = parse_actions(args.action_spec)
+    if getattr(args, "webhook", None):
+        spec["webhooks"] = parse_webhooks(args.webhook)
     try:
         return Budget.model_validate(spec)
     except ValidationError as exc:
@@ -135,9 +191,20 @@ def stored_failures(settings: Settings) -> dict[str, str]:
     return {str(budget_id): str(reason) for budget_id, reason in rows}
 
 
+def reset_budget(settings: Settings, budget_id: str) -> Any:
+    """Ask the worker to clear a budget's active actions (POST /api/budgets/{id}/reset)."""
+    from urllib.parse import quote
+
+    from pipeline.cli.http import post_json
+
+    return post_json(f"{settings.web_url}/api/budgets/{quote(budget_id, safe='')}/reset",
+                     {"budget_id": budget_id}, settings)
+
+
 def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
-    """Budgets on the compacted budgets topic: set | list | delete."""
-    if args.action in ("set", "delete") and not args.id:
+    """Budgets on the compacted budgets topic: set | list | delete; reset asks the worker
+    to clear the actions a budget's breaches put in force."""
+    if args.action in ("set", "delete", "reset") and not args.id:
         raise ConfigError(f"usage: tokenmeter budget {args.action} ID ...")
     if args.action == "set" and (not args.tenant or args.limit is None):
         raise ConfigError("budget set needs --tenant and --limit")
@@ -145,6 +212,13 @@ def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
         budget = budget_from_args(args)
         asyncio.run(_send(settings, budget.budget_id, budget.model_dump_json().encode()))
         print(budget.model_dump_json())
+        return 0
+    if args.action == "reset":
+        try:
+            answer = reset_budget(settings, args.id)
+        except TokenmeterError as exc:
+            raise ConfigError(f"budget reset {args.id!r} failed: {exc}") from None
+        print(json.dumps(answer))
         return 0
     if args.action == "delete":
         if args.id not in budgets_now(settings):
@@ -176,14 +250,15 @@ def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
         shown = state_text if reason is None else f"{state_text}: {reason}"
         b = p.budget
         if b is None:
-            rows.append([p.budget_id, p.tenant_id, "", "", "", "", "", "", "", shown])
+            rows.append([p.budget_id, p.tenant_id, "", "", "", "", "", "", "", "", shown])
             continue
-        rows.append([b.budget_id, b.tenant_id, b.period.value, b.metric.value,
+        each = "" if b.each is None else f"{b.each} (idle {b.idle_timeout_s}s)"
+        rows.append([b.budget_id, b.tenant_id, b.period.value, each, b.metric.value,
                      format(b.limit, "f"), b.mode.value,
                      ",".join(format(t, "f") for t in b.thresholds),
                      ",".join(f"{k}={v}" for k, v in b.pools.items()),
                      ",".join(f"{k}={getattr(b, k)}" for k in SCOPES if getattr(b, k)), shown])
-    print_rows(["budget_id", "tenant", "period", "metric", "limit", "mode", "thresholds",
+    print_rows(["budget_id", "tenant", "period", "each", "metric", "limit", "mode", "thresholds",
                 "pools", "scope", "status"], rows, "table")
     return 0
 
