@@ -78,6 +78,10 @@ class UsageSpanProcessor(SpanProcessor):
                             or attrs.get("gen_ai.request.service_tier"))
         if tier is not None:
             counts["service_tier"] = tier
+        conversation = attrs.get("gen_ai.conversation.id")
+        if conversation:
+            # the conversation is the session: run budgets (--each session_id) count by it
+            counts["attributes"] = {"session_id": str(conversation)}
         ended = span.end_time or span.start_time or 0
         try:
             self.recorder.record(
