@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.core.budgets import Budget
 from pipeline.core.dashboard import ForecastLine
+from pipeline.store import ledger
 from pipeline.store.client import Store
 from pipeline.store.queries import json_safe
 from pipeline.store.report import utc_period_start
@@ -116,9 +117,36 @@ def latest_forecasts(store: Store, budgets: list[Budget],
     return out
 
 
-def breaches(store: Store, tenant: str | None, limit: int) -> list[dict[str, Any]]:
-    """Newest breaches first (every column), optionally of one tenant; /api/breaches too."""
-    where, params = ("WHERE tenant_id = %(t)s", {"t": tenant}) if tenant else ("", {})
+def active_keys(store: Store, budget: Budget, start: datetime, end: datetime,
+                since: datetime, top: int = 20) -> list[tuple[str, Decimal, datetime]]:
+    """(key, spent in [start, end), last event) of a template or run budget's keys that had an
+    event since ``since``, most spent first (the exact ledger; at most ``top``)."""
+    assert budget.each is not None
+    where, params = ledger._scope(budget, start, end)
+    column, extra = ledger.key_column(budget.each)
+    metric = ledger._METRIC_SQL[budget.metric.value]
+    db = store.database
+    rows = store.rows(
+        f"SELECT {column} AS k, sum({metric}) AS s, max(timestamp) FROM {db}.usage_events FINAL "
+        f"WHERE {where} AND k IN (SELECT DISTINCT {column} FROM {db}.usage_events "
+        f"WHERE tenant_id = %(tenant)s AND timestamp >= %(since)s AND {column} != '') "
+        f"GROUP BY k ORDER BY s DESC, k LIMIT {int(top)}",
+        parameters={**params, **extra, "since": since})
+    return [(k, Decimal(s), _utc(last)) for k, s, last in rows]
+
+
+def breaches(store: Store, tenant: str | None, limit: int,
+             kind: str | None = None) -> list[dict[str, Any]]:
+    """Newest breaches first (every column), optionally of one tenant and one kind;
+    /api/breaches too."""
+    conds, params = [], {}
+    if tenant:
+        conds.append("tenant_id = %(t)s")
+        params["t"] = tenant
+    if kind:
+        conds.append("kind = %(k)s")
+        params["k"] = kind
+    where = f"WHERE {' AND '.join(conds)}" if conds else ""
     result = store.query(
         f"SELECT * FROM {store.database}.budget_breaches FINAL {where} "
         f"ORDER BY emitted_at DESC, breach_id LIMIT {int(limit)}", parameters=params)

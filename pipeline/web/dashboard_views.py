@@ -15,8 +15,15 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from pipeline.core.budgets import Budget, period_bounds
-from pipeline.core.dashboard import burn_down, cumulative, failed_view, per_minute
+from pipeline.core.budgets import Budget, Period, period_bounds
+from pipeline.core.dashboard import (
+    burn_down,
+    cumulative,
+    failed_view,
+    key_views,
+    near_limits,
+    per_minute,
+)
 from pipeline.core.forecast import bucket_step
 from pipeline.store import dashboard_reads as reads
 from pipeline.store import ledger
@@ -60,6 +67,9 @@ def register_dashboard(app: Any, runtime: Any) -> None:
                                            {k: v[0] for k, v in periods.items()})
         for b in budgets:
             start, end = periods[b.budget_id]
+            if b.each is not None:
+                out.append(template_view(b, start, end, now))
+                continue
             spent = period_spent(b, start, end)
             actual: list[Any] = []
             if series:
@@ -74,6 +84,36 @@ def register_dashboard(app: Any, runtime: Any) -> None:
                     view["forecast"].pop("points")
             out.append(view)
         return sorted(out, key=lambda v: str(v["budget_id"]))
+
+    def keys_of(b: Budget, start: datetime, end: datetime, now: datetime,
+                top: int = 20) -> list[dict[str, Any]]:
+        # a run's keys: runs with an event within the idle timeout; a template's: the period's
+        since = now - timedelta(seconds=b.idle_timeout_s) if b.period is Period.run else start
+        return key_views(b, reads.active_keys(store, b, start, end, since, top), now)
+
+    def template_view(b: Budget, start: datetime, end: datetime,
+                      now: datetime) -> dict[str, Any]:
+        # every key value has its own limit: the template stands as its most-spent key, and
+        # lists its keys instead of one burn-down (a run's "period" is each run's lifetime)
+        keys = keys_of(b, start, end, now, top=10)
+        view = burn_down(b, start, end, Decimal(keys[0]["spent"]) if keys else Decimal(0), [],
+                         None)
+        view.pop("actual")
+        view.update(each=b.each, keys=keys, top_key=keys[0]["key"] if keys else None)
+        if b.period is Period.run:
+            view.update(period_start=None, period_end=None)
+        return view
+
+    def runaway(now: datetime) -> dict[str, Any]:
+        views: list[dict[str, Any]] = []
+        for b in sorted_budgets():
+            if b.each is None or b.budget_id in processor.failed_budgets:
+                continue
+            start, end = period_bounds(b.period, b.tz, now)
+            views.extend(keys_of(b, start, end, now))
+        return {"near_limits": near_limits(v for v in views if v["status"] != "closed"),
+                "active_keys": sum(1 for v in views if v["status"] != "closed"),
+                "anomalies": reads.breaches(store, None, 20, kind="anomaly")}
 
     def sorted_budgets(tenant: str | None = None) -> list[Budget]:
         return sorted((b for b in processor.book.budgets.values()
@@ -132,6 +172,13 @@ def register_dashboard(app: Any, runtime: Any) -> None:
                         "breaches": reads.breaches(store, tenant_id, 20)}
 
             return _json(self, await asyncio.to_thread(read))
+
+    @app.page("/api/dashboard/runaway")
+    class Runaway(View):
+        async def get(self, request: Request) -> Response:
+            now = runtime.clock()
+            return _json(self, {"now": now.isoformat(),
+                                **await asyncio.to_thread(runaway, now)})
 
     @app.page("/api/dashboard/breaches")
     class Feed(View):

@@ -145,6 +145,20 @@ def test_dashboard_live_in_chromium(worker: Settings, page: Any) -> None:
     assert "acme-1-tight" in page.locator("#t-breaches").inner_text()
     shot(page, "tenant")
 
+    # runaway watch: a template's keys near their limits and an anomaly breach on the overview
+    put_budget(settings, "acme-2-users", {
+        "tenant_id": "acme-2", "period": "day", "each": "user_id", "limit": "0.001",
+        "anomaly": {"enabled": True, "max_rate": "0.000001"}})
+    send(settings, [dict(event("acme-2", 2000 + i, clock_now()), user_id=f"u{i % 2}")
+                    for i in range(4)])
+    page.goto(settings.web_url + "/")
+    page.locator('tr[data-key="acme-2-users/u0"]').wait_for(timeout=10_000)
+    assert "breached" in page.locator('tr[data-key="acme-2-users/u1"]').inner_text()
+    page.locator('tr[data-anomaly]:has-text("acme-2-users")').first.wait_for(timeout=10_000)
+    page.goto(settings.web_url + "/#/tenant/acme-2")
+    page.locator('#t-budgets tr[data-key="acme-2-users/u0"]').wait_for(timeout=10_000)
+    shot(page, "runaway")
+
     # keyboard: the skip link and the nav are reachable and work without a mouse
     page.goto(settings.web_url + "/")
     page.reload()

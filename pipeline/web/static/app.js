@@ -92,6 +92,7 @@ const EMPTY_BUDGETS = `<p class="empty">No budgets yet:
 async function overview() {
   const d = await api("/api/dashboard/overview");
   const feed = await api("/api/dashboard/breaches?limit=10");
+  const run = await api("/api/dashboard/runaway");
   const el = main();
   if (!el.querySelector("#ov")) {
     el.innerHTML = `<div id="ov"><h2>Overview</h2><div class="stats" id="ov-stats"></div>
@@ -99,6 +100,9 @@ async function overview() {
       ${card("Spend rate, last hour (per minute, by event time)", canvas("rate-chart",
         "Events and dollars per minute over the last hour", true))}
       ${card("Top tenants this month", `<div id="top-body"></div>`)}
+      ${card("Runaway watch: runs and entities near their limits", `<div id="keys-body"></div>`,
+        "wide")}
+      ${card("Anomalies: spend rate far above its baseline", `<div id="anom-body"></div>`, "wide")}
       ${card("Breaches, live", `<div id="feed-body"></div>`, "wide")}
       ${card("Dead letters by reason", `<div id="dlq-body"></div>`)}
       </div></div>`;
@@ -138,11 +142,36 @@ async function overview() {
       options: { indexAxis: "y", plugins: { legend: { display: false } } } });
   }
   el.querySelector("#feed-body").innerHTML = breachTable(feed.breaches, true);
+  el.querySelector("#keys-body").innerHTML = keyTable(run.near_limits, true) +
+    `<p class="label">${int(run.active_keys)} active runs and entities under template budgets</p>`;
+  el.querySelector("#anom-body").innerHTML = run.anomalies.length ? `<table><thead><tr>
+    <th>When (UTC)</th><th>Tenant</th><th>Budget</th><th>Key</th><th class="num">Rate /min</th>
+    <th class="num">Baseline /min</th><th class="num">Score</th><th class="num">Window</th>
+    <th>Action</th></tr></thead><tbody>${run.anomalies.map((b) => `<tr data-anomaly="${esc(
+      b.breach_id)}"><td>${clock(b.emitted_at)}</td><td>${tenantLink(b.tenant_id)}</td>
+    <td>${esc(b.budget_id)}</td><td>${esc(b.key || "")}</td>
+    <td class="num">${money(b.observed_rate)}</td><td class="num">${money(b.baseline_rate)}</td>
+    <td class="num">${b.score === null ? "–" : num(b.score).toFixed(1)}</td>
+    <td class="num">${int(b.window_seconds)} s</td><td>${esc(b.action)}</td></tr>`).join("")}
+    </tbody></table>` : `<p class="empty">No anomalies: enable them with
+    <code>tokenmeter budget set ID ... --anomaly [--max-rate 2/min]</code>.</p>`;
   const dlq = Object.entries(d.dlq_by_reason);
   el.querySelector("#dlq-body").innerHTML = dlq.length ? `<table><thead><tr><th>Reason</th>
     <th class="num">Dead letters</th></tr></thead><tbody>${dlq.map(([k, n]) => `<tr><td>
     <code>${esc(k)}</code></td><td class="num">${int(n)}</td></tr>`).join("")}</tbody></table>`
     : `<p class="empty">No dead letters.</p>`;
+}
+
+function keyTable(rows, withTenant) {
+  if (!rows.length) return `<p class="empty">No run or entity is near its limit.</p>`;
+  return `<table class="keys"><thead><tr>${withTenant ? "<th>Tenant</th>" : ""}<th>Budget</th>
+    <th>Key</th><th>Status</th><th class="num">Spent</th><th class="num">Limit</th>
+    <th class="num">Used</th><th>Last event</th></tr></thead><tbody>${rows.map((k) => `<tr
+    data-key="${esc(k.budget_id + "/" + k.key)}">${withTenant ? `<td>${tenantLink(k.tenant_id)}</td>`
+      : ""}<td>${esc(k.budget_id)}</td><td>${esc(k.each)}=${esc(k.key)}</td>
+    <td>${badge(k.status)}</td><td class="num">${fmtMetric(k, k.spent)}</td>
+    <td class="num">${fmtMetric(k, k.limit)}</td><td class="num">${num(k.percent).toFixed(1)}%</td>
+    <td>${clock(k.last_seen)}</td></tr>`).join("")}</tbody></table>`;
 }
 
 function breachTable(rows, withTenant) {
@@ -169,7 +198,8 @@ async function budgets() {
     <th class="num">Spent</th><th class="num">Limit</th><th class="num">Used</th>
     <th class="num">Forecast p50</th><th class="num">P(over)</th></tr></thead><tbody>
     ${d.budgets.map((b) => `<tr data-budget="${esc(b.budget_id)}"><td>${esc(b.budget_id)}</td>
-    <td>${tenantLink(b.tenant_id)}</td><td>${esc(b.period)}</td><td>${badge(b.status)}</td>
+    <td>${tenantLink(b.tenant_id)}</td><td>${esc(b.period)}${b.each ? `, each ${esc(b.each)}
+      (top: ${esc(b.top_key || "none")})` : ""}</td><td>${badge(b.status)}</td>
     <td class="num">${fmtMetric(b, b.spent)}</td><td class="num">${fmtMetric(b, b.limit)}</td>
     <td class="num">${num(b.percent).toFixed(1)}%</td>
     <td class="num">${b.forecast ? fmtMetric(b, b.forecast.predicted_spend) : "–"}</td>
@@ -237,6 +267,14 @@ function bars(id, labels, values, colour, label, horizontal = false) {
 }
 
 function burnDown(b) {
+  if (b.keys) {  // a template or run budget: every key has its own limit, listed instead
+    document.getElementById("bs-" + b.budget_id).innerHTML = `${badge(b.status)} each
+      ${esc(b.each)}: ${fmtMetric(b, b.limit)} per ${b.period === "run" ? "run" : esc(b.period)}
+      ${keyTable(b.keys, false)}`;
+    const c = document.getElementById("burn-" + b.budget_id);
+    if (c) c.style.display = "none";
+    return;
+  }
   const f = b.forecast;
   document.getElementById("bs-" + b.budget_id).innerHTML = `${badge(b.status)}
     ${fmtMetric(b, b.spent)} of ${fmtMetric(b, b.limit)} (${num(b.percent).toFixed(1)}%),
