@@ -76,6 +76,15 @@ class Forecast(BaseModel):
     points: list[ForecastPoint] = Field(default_factory=list)
 
 
+def forecastable(budget: Budget) -> bool:
+    """True for a budget the forecast job fits: enabled, and a calendar budget of one spend.
+
+    Templates and runs are not forecast: every key value has its own limit (one fit per user
+    or run would not scale, and a run has no period end); their runaway guard is the
+    spend-velocity watch and the per-key thresholds."""
+    return budget.forecast.enabled and budget.each is None
+
+
 def bucket_step(budget: Budget) -> timedelta:
     """Hourly buckets for hour/day/week budgets, daily for month/quarter."""
     return timedelta(hours=1) if budget.period.value in ("hour", "day", "week") else \

@@ -1,5 +1,6 @@
-"""`tokenmeter up --demo`: three weeks of backdated history, three budgets, a first forecast,
-then steady simulated traffic, so every dashboard panel has something to show."""
+"""`tokenmeter up --demo`: three weeks of backdated history, budgets of every kind, a first
+forecast, steady simulated traffic, and one runaway agent run that a run budget stops and the
+velocity watch reports as an anomaly, so every dashboard panel has something to show."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from zoneinfo import ZoneInfo
 
 from pipeline.core.budgets import Budget, Period, period_bounds
 from pipeline.core.simulate import Simulator
+from pipeline.runtime.runaway_demo import run_budget, run_runaway
 from pipeline.settings import TOPIC_EVENTS, Settings
 from pipeline.stream.topics import start_producer
 
 log = logging.getLogger(__name__)
 HISTORY_DAYS = 21
+RUNAWAY_AFTER_S = 5.0  # after the backfill and budgets: the dashboard shows the calm first
 UTC = ZoneInfo("UTC")
 
 
@@ -38,6 +41,11 @@ def demo_budgets(spend: dict[str, Decimal], now: datetime) -> list[Budget]:
         Budget.model_validate({"budget_id": "demo-tenant-00002-month",
                                "tenant_id": "tenant-00002", "mode": "hard",
                                "limit": month_pace("tenant-00002", "0.5")}),
+        # every end user of the busiest tenant at most $0.50 a day (a template)
+        Budget.model_validate({"budget_id": "demo-tenant-00000-users", "period": "day",
+                               "tenant_id": "tenant-00000", "each": "user_id",
+                               "limit": "0.5"}),
+        run_budget(),
     ]
 
 
@@ -51,6 +59,7 @@ def add_demo_traffic(runtime: Any, settings: Settings, rate: float) -> None:
         topic = settings.topic(TOPIC_EVENTS)
         try:
             await backfill(producer, topic)
+            stopper = asyncio.get_running_loop().create_task(runaway())  # noqa: F841 - kept
             live = Simulator(tenants=50, seed=7)
             while True:
                 now = runtime.clock()
@@ -60,6 +69,14 @@ def add_demo_traffic(runtime: Any, settings: Settings, rate: float) -> None:
                 await asyncio.sleep(0.1)
         finally:
             await producer.stop()
+
+    async def runaway() -> None:
+        await asyncio.sleep(RUNAWAY_AFTER_S)
+        run_id = f"demo-runaway-{runtime.clock():%Y%m%dT%H%M%S}"
+        log.info("demo: starting runaway agent run %s (Opus in a loop, $2 run budget)", run_id)
+        result = await asyncio.to_thread(run_runaway, settings, runtime.clock, run_id)
+        log.info("demo: runaway run %s: %d calls, ~$%s, stopped=%s (%s)", result.run_id,
+                 result.steps, result.estimated_spend, result.stopped, result.reason)
 
     async def backfill(producer: Any, topic: str) -> None:
         now = runtime.clock()

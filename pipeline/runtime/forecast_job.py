@@ -16,7 +16,13 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.core.budgets import Budget, BudgetBreach, period_bounds
-from pipeline.core.forecast import Forecast, bucket_step, forecast_breaches, forecast_budget
+from pipeline.core.forecast import (
+    Forecast,
+    bucket_step,
+    forecast_breaches,
+    forecast_budget,
+    forecastable,
+)
 from pipeline.store import ledger
 from pipeline.store.client import Store
 
@@ -105,7 +111,7 @@ async def run_forecasts(store: Store, budgets: Iterable[Budget], now: datetime, 
 
     from pipeline.store.sink import BREACH_COLUMNS, breach_row
 
-    wanted = [b for b in budgets if b.forecast.enabled]
+    wanted = [b for b in budgets if forecastable(b)]
     jobs = [await asyncio.to_thread(gather, store, b, now) for b in wanted]
     forecasts = await asyncio.to_thread(fit_all, jobs, processes, progress)
     if forecasts:

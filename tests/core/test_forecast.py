@@ -6,7 +6,13 @@ from decimal import Decimal as D
 import pytest
 
 from pipeline.core.budgets import Budget, period_bounds
-from pipeline.core.forecast import dense_series, forecast_breaches, forecast_budget, run_rate
+from pipeline.core.forecast import (
+    dense_series,
+    forecast_breaches,
+    forecast_budget,
+    forecastable,
+    run_rate,
+)
 
 NOW = datetime(2025, 3, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -123,3 +129,14 @@ def test_despike_clips_an_isolated_spike_anywhere(where: int) -> None:
     out = despike(y, 28)
     assert out[where] < 30  # back near the local level, also at the ends
     assert np.array_equal(np.delete(out, where), np.delete(y, where))  # nothing else moves
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ({}, True),
+    ({"forecast": {"enabled": False}}, False),
+    ({"each": "user_id"}, False),  # every user has its own limit: not one series to fit
+    ({"period": "run", "each": "trace_id"}, False),  # a run has no period end
+])
+def test_forecastable(extra: dict, expected: bool) -> None:
+    b = Budget.model_validate({"budget_id": "b", "tenant_id": "t", "limit": "10", **extra})
+    assert forecastable(b) is expected

@@ -57,6 +57,10 @@ def test_forecast_job_stores_runs_and_alerts_before_overrun(store: Store) -> Non
         budget("cold-b", "cold", "250000"),  # ~62k: stays quiet
         budget("new-b", "brand-new", "1000"),  # no history at all
         budget("off-b", "hot", "1", forecast={"enabled": False}),
+        # templates and runs are not forecast (a run's "period" ends in 2999: fitting it ran
+        # the demo worker out of memory)
+        budget("users-b", "hot", "1000", period="day", each="user_id"),
+        budget("runs-b", "hot", "1000", period="run", each="trace_id"),
     ]
     published = []
 
