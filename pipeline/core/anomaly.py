@@ -29,6 +29,7 @@ WEEK_S = 7 * 24 * HOUR_S
 WEEKS = 4  # how many past weeks of the same hour make a baseline
 COOLDOWN_S = 600  # an episode ends after this long without an anomalous reading
 MAD_SCALE = Decimal("1.4826")  # MAD -> standard deviation of a normal distribution
+Z99 = Decimal("2.326")  # the 99th percentile of a normal distribution, in deviations
 # the smallest spread a score divides by (per minute): a baseline that never varied (a quiet
 # tenant, no history) would otherwise score any cent as infinite; the floor still applies
 MIN_SPREAD = Decimal("0.000001")
@@ -112,21 +113,42 @@ def median(values: Sequence[Decimal]) -> Decimal:
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
 
 
+def quantile(values: Sequence[Decimal], q: Decimal) -> Decimal:
+    """The q-quantile by the nearest rank (0 for no values)."""
+    if not values:
+        return Decimal(0)
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
 @dataclass(frozen=True, slots=True)
 class Baseline:
-    """Usual rate of one window size: median and MAD of per-window rates (per minute)."""
+    """Usual rate of one window size: median, MAD and the 99th percentile of per-window
+    rates (per minute)."""
 
     window_s: int
     median: Decimal
     mad: Decimal
     samples: int
+    upper: Decimal = Decimal(0)
+
+    @property
+    def spread(self) -> Decimal:
+        """The scale a score divides by: 1.4826 x MAD, or the spread the upper tail implies
+        ((p99 - median) / 2.326, what it is for a normal distribution) when that is wider.
+        Spend per window is heavy-tailed (one long-context call can be most of a quiet
+        minute): MAD alone put a 60 s window over 6 robust z-scores once in a hundred
+        ordinary minutes; the 99th percentile of 240 samples ignores the top two, so a
+        past runaway in the history does not blunt it."""
+        return max(MAD_SCALE * self.mad, (self.upper - self.median) / Z99, MIN_SPREAD)
 
 
 def baseline_of(window_spends: Sequence[Decimal], window_s: int) -> Baseline:
     """The baseline of a window size from its samples (each one window's spend)."""
     rates = [per_minute(s, window_s) for s in window_spends]
     mid = median(rates)
-    return Baseline(window_s, mid, median([abs(r - mid) for r in rates]), len(rates))
+    return Baseline(window_s, mid, median([abs(r - mid) for r in rates]), len(rates),
+                    quantile(rates, Decimal("0.99")))
 
 
 def grain_of(windows_s: Sequence[int]) -> int:
@@ -193,8 +215,8 @@ class Reading:
 
 
 def score_of(rate: Decimal, baseline: Baseline) -> Decimal:
-    """Robust z-score: (rate - median) / (1.4826 * MAD), the spread at least MIN_SPREAD."""
-    return (rate - baseline.median) / max(MAD_SCALE * baseline.mad, MIN_SPREAD)
+    """Robust z-score: (rate - median) / spread (1.4826 x MAD, or wider: Baseline.spread)."""
+    return (rate - baseline.median) / baseline.spread
 
 
 def judge(window_s: int, spend: Decimal, settings: AnomalySettings,

@@ -77,6 +77,7 @@ class VelocityWatch:
         self.baselines: dict[BaselineKey, dict[int, Baseline]] = {}
         self.loading: dict[BaselineKey, asyncio.Task[None]] = {}
         self.retry_at: dict[BaselineKey, datetime] = {}
+        self.loads = 0  # baseline reads that succeeded
         self.failures = 0
         self.last_failure: str | None = None
         self._hour: datetime | None = None
@@ -184,6 +185,7 @@ class VelocityWatch:
                 self.baselines[key] = baselines_from(rows, hour, b.anomaly.windows_s,
                                                      self.weeks)
                 self.retry_at.pop(key, None)
+                self.loads += 1
         except Exception as exc:
             # metering goes on: until a baseline loads only max_rate applies
             self.failures += 1

@@ -124,8 +124,18 @@ def test_baselines_from_rows_use_only_the_sampled_hours() -> None:
     rows = [(h + timedelta(minutes=m), D("0.10")) for h in hours for m in range(60)]
     rows.append((T0 - timedelta(days=1), D(1000)))  # another hour: not a sample
     got = baselines_from(rows, T0 + timedelta(minutes=20), [60, 300], 4)
-    assert got[60] == Baseline(60, D("0.10"), D(0), 240)
+    assert got[60] == Baseline(60, D("0.10"), D(0), 240, D("0.10"))
     assert got[300].median == D("0.10") and got[300].samples == 48
+
+
+@pytest.mark.parametrize(("baseline", "spread"), [
+    (Baseline(60, D(1), D("0.5"), 240, D(2)), D("1.4826") * D("0.5")),  # MAD is wider
+    (Baseline(60, D(1), D("0.1"), 240, D("3.326")), D(1)),  # the upper tail is wider
+    (Baseline(60, D(0), D(0), 240, D(0)), MIN_SPREAD),  # never below the minimum
+])
+def test_spread_is_mad_or_what_the_upper_tail_implies(baseline: Baseline,
+                                                      spread: Decimal) -> None:
+    assert baseline.spread == spread
 
 
 def test_no_history_gives_a_zero_baseline() -> None:
