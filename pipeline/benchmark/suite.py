@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from pipeline.benchmark.anomaly import run as anomaly_week
 from pipeline.benchmark.http_ingest import run as http_ingest
 from pipeline.benchmark.scale_out import run as scale_out
 from pipeline.benchmark.throughput import free_port, make_events
@@ -299,6 +300,8 @@ def run_all(progress: Progress = lambda s: None, quick: bool = False) -> dict[st
                            n_mixed=2_000 if quick else 5_000, progress=progress))
     progress("forecast speed")
     out.update(forecast_speed(100 if quick else 300))
+    progress("spend-velocity alerts (a simulated week)")
+    out.update(asyncio.run(anomaly_week()))
     return out
 
 
