@@ -172,6 +172,10 @@ class TemplatePeriod:
     def evaluate(self, key: str, now: datetime, trigger: str | None) -> list[BudgetBreach]:
         """Breaches the key newly crossed; marks them fired."""
         ks = self.keys[key]
+        thresholds = self.budget.thresholds
+        if isinstance(ks.settled, int) and ks.settled < len(thresholds) and \
+                ks.total * 100 < thresholds[ks.settled] * self.budget.limit:
+            return []  # no pools and the next threshold not reached: the common case
         settled = [ks.settled] if isinstance(ks.settled, int) else ks.settled
         spent = ks.spent()
         new = _crossings(self.budget, (self.start, self.end), key,
