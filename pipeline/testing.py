@@ -256,6 +256,20 @@ class InMemoryLedger:
             a[1], a[2] = min(a[1], ts), max(a[2], ts)
         return [(k, tier, a[0], a[1], a[2]) for (k, tier), a in sorted(acc.items())]
 
+    def keys_over(self, budget: Any, start: datetime, end: datetime, least: Any,
+                  since: datetime | None, limit: int) -> list[str]:
+        """A template's keys spent at least ``least`` in [start, end) (FINAL), sorted."""
+        acc: dict[str, list[Any]] = {}
+        for r in self._final(self._snapshot("keys_over")):
+            key = _row_key(r, budget.each)
+            if not key or not _in_scope(r, budget, start, end):
+                continue
+            a = acc.setdefault(key, [Decimal(0), r["timestamp"]])
+            a[0] += _metric(r, budget.metric.value)
+            a[1] = max(a[1], r["timestamp"])
+        return sorted(k for k, (spent, last) in acc.items()
+                      if spent >= least and (since is None or last >= since))[:limit]
+
     def fired_key_breaches(self, budget_id: str, period_start: datetime | None,
                            keys: Iterable[str]) -> set[tuple[str, str]]:
         """(key, breach_id) mirrored for a template's keys (None: any period)."""

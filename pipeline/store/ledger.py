@@ -180,6 +180,24 @@ def key_spend(store: Store, budget: Any, start: datetime, end: datetime,
     return out
 
 
+def keys_over(store: Store, budget: Any, start: datetime, end: datetime, least: Any,
+              since: datetime | None, limit: int) -> list[str]:
+    """Template keys whose spend in [start, end) is at least ``least`` (and, with ``since``,
+    whose latest event is not older): the keys a catch-up must evaluate, at most ``limit``."""
+    where, params = _scope(budget, start, end)
+    column, extra = key_column(budget.each)
+    having = "" if since is None else " AND max(timestamp) >= %(since)s"
+    rows = store.rows(
+        f"SELECT {column} AS k FROM {store.database}.usage_events FINAL "
+        f"WHERE {where} AND k != '' GROUP BY k "
+        f"HAVING sum({_METRIC_SQL[budget.metric.value]}) >= %(least)s{having} "
+        f"ORDER BY k LIMIT {int(limit)}",
+        parameters={**params, **extra, "least": least,
+                    **({} if since is None else {"since": since})},
+    )
+    return [r[0] for r in rows]
+
+
 def fired_key_breaches(store: Store, budget_id: str, period_start: datetime | None,
                        keys: Iterable[str]) -> set[tuple[str, str]]:
     """(key, breach_id) already published for template keys of a budget's period (``None``:
@@ -248,6 +266,11 @@ class ClickHouseLedger:
                   keys: Iterable[str]) -> list[tuple[str, str, Any, datetime, datetime]]:
         """See :func:`key_spend`."""
         return key_spend(self.store, budget, start, end, keys)
+
+    def keys_over(self, budget: Any, start: datetime, end: datetime, least: Any,
+                  since: datetime | None, limit: int) -> list[str]:
+        """See :func:`keys_over`."""
+        return keys_over(self.store, budget, start, end, least, since, limit)
 
     def fired_key_breaches(self, budget_id: str, period_start: datetime | None,
                            keys: Iterable[str]) -> set[tuple[str, str]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -39,6 +39,7 @@ from pipeline.stream.ports import LedgerReads, LedgerWrites, Publish
 from pipeline.stream.staging import Metrics
 
 log = logging.getLogger(__name__)
+CATCH_UP_KEYS = 100_000  # at most this many keys past a threshold are evaluated at once
 # (period, template key or "", value tier, amount, event_id, event time)
 Hit = tuple[PeriodSpend | TemplatePeriod, str, str, Decimal, str, datetime]
 
@@ -265,9 +266,7 @@ class BudgetEvaluator:
         (a template: its tracked keys; an untracked key is evaluated at its next event)."""
         start, end = period_bounds(budget.period, budget.tz, now)
         if budget.each is not None:
-            tp = self.tracker.templates.get((budget.budget_id, start))
-            breaches = [] if tp is None else [
-                b for key in list(tp.keys) for b in tp.evaluate(key, now, None)]
+            breaches = await self._catch_up_keys(budget, start, end, now)
         else:
             ps = self.tracker.get(budget.budget_id, start) or await self.load_period(
                 budget, start, end)
@@ -275,6 +274,24 @@ class BudgetEvaluator:
         if breaches:
             await self.emit(breaches)
         return breaches
+
+    async def _catch_up_keys(self, budget: Budget, start: datetime, end: datetime,
+                             now: datetime) -> list[BudgetBreach]:
+        """Evaluate the template keys already past the budget's lowest threshold (a run
+        budget: runs still open), loading the untracked ones, so a template created or
+        taken over mid-period publishes what is crossed at once, as a plain budget does."""
+        shares = [budget.pools[p] for p in budget.pools] or [Decimal(1)]
+        least = budget.thresholds[0] * budget.limit * min(shares) / 100  # any pool's first
+        since = (now - timedelta(seconds=budget.idle_timeout_s)
+                 if budget.period is Period.run else None)
+        await self.drain()
+        keys = await asyncio.to_thread(self.ledger.keys_over, budget, start, end, least,
+                                       since, CATCH_UP_KEYS)
+        tp = self.tracker.template(budget, start, end)
+        missing = {k for k in keys if k not in tp.keys}
+        if missing:
+            await self.load_keys(budget, start, end, missing)
+        return [b for key in keys for b in tp.evaluate(key, now, None)]
 
     async def spend_for(self, budget: Budget, key: str, now: datetime) -> dict[str, Decimal]:
         """Current-period spend of a budget (of one template key: "" for a plain budget;

@@ -49,6 +49,11 @@ class LedgerReads(Protocol):
         """(key, breach_id) mirrored for a template's keys (None: any period)."""
         ...
 
+    def keys_over(self, budget: Any, start: datetime, end: datetime, least: Any,
+                  since: datetime | None, limit: int) -> list[str]:
+        """A template's keys spent at least ``least`` (latest event since ``since``)."""
+        ...
+
     def watermarks(self, partitions: Iterable[int]) -> dict[int, datetime]:
         """Latest on-time event time stored per source partition."""
         ...

@@ -154,6 +154,22 @@ def test_a_rebuilt_worker_counts_on_from_the_ledger() -> None:
     assert len(ledger.rows("budget_breaches")) == 3
 
 
+def test_a_template_set_mid_period_publishes_what_its_keys_crossed_at_once() -> None:
+    rig = Rig()
+    rig.send(rig.event(user_id="ann"), rig.event(M * 6 // 10, user_id="ann"),  # $4.00
+             rig.event(M // 2, user_id="bob"), rig.event(M * 3, trace_id="old"))
+    rig.put(USERS)  # ann is at 80% already: her 50% and 80% now; bob (25%) is not loaded
+    assert crossings(rig.fired()) == [("ann", Decimal(50)), ("ann", Decimal(80))]
+    assert rig.proc.tracker.active_keys() == 1
+    rig.clock.advance(RUNS.idle_timeout_s + 1)
+    rig.put(RUNS)  # run "old" is over its limit but closed: not evaluated
+    assert len(rig.fired()) == 2
+    again = Rig(rig.ledger, at=rig.clock.now)  # a takeover: what fired is known
+    again.proc.book.put(USERS)
+    run(again.proc.rebuild({0}))
+    assert again.fired() == []
+
+
 def test_a_hundred_keys_under_replays_cross_once_each() -> None:
     rnd = random.Random(7)
     ledger = InMemoryLedger()
@@ -246,3 +262,8 @@ def test_keyed_ledger_queries_on_chdb(store: Any) -> None:
         period = None if b.period.value == "run" else start
         assert real.fired_key_breaches(b.budget_id, period, keys) == \
             memory.fired_key_breaches(b.budget_id, period, keys) != set()
+        for least, since in ((Decimal("0.5"), None), (Decimal("1.5"), T0),
+                             (Decimal("1.5"), T0 + timedelta(seconds=1))):
+            assert real.keys_over(b, start, end, least, since, 10) == \
+                memory.keys_over(b, start, end, least, since, 10)
+        assert real.keys_over(b, start, end, Decimal("0.5"), None, 10) != []
