@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.errors import ConfigError
 
@@ -71,6 +71,30 @@ class Settings(BaseSettings):
     # longest ttl_s a caller may ask for
     reservation_ttl_s: float = Field(default=120.0, gt=0, le=86400)
     reservation_max_ttl_s: float = Field(default=3600.0, gt=0, le=86400)
+    # automated actions and webhooks (docs/budgets.md, "Actions and webhooks"): global
+    # endpoints every breach is POSTed to (comma-separated or a JSON list), the HMAC secret
+    # that signs them (unset: sent unsigned, with a warning), their format, the retry bound
+    # and how often a worker reloads the active actions other workers turned on
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_secret: SecretStr | None = None
+    webhook_format: Literal["json", "slack"] = "json"
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20)
+    webhook_max_backoff_s: float = Field(default=60.0, gt=0, le=3600)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    actions_refresh_s: float = Field(default=2.0, gt=0, le=3600)
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _check_webhooks(cls, v: Any) -> list[str]:
+        import json
+
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip().startswith("[") else \
+                [u.strip() for u in v.split(",") if u.strip()]
+        if not isinstance(v, list) or not all(
+                isinstance(u, str) and u.startswith(("http://", "https://")) for u in v):
+            raise ValueError("expected http(s) URLs, comma-separated or a JSON list")
+        return v
     log_level: str = "WARNING"
     # the worker's clock starts here and runs on (tests and replays of past traffic);
     # unset: the wall clock

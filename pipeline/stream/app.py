@@ -46,6 +46,7 @@ class Runtime:
     write_status: Any = None
     failure: str | None = None  # set when the metering agent crashed; /health reports it
     clock: Clock = wall_clock  # every "now" of this worker (settable: TOKENMETER_CLOCK_START)
+    actions: Any = None  # ActionBook: active budget actions (pipeline/stream/action_book.py)
 
     @property
     def ready(self) -> bool:
@@ -244,4 +245,9 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     register_ops_view(app, runtime)
     register_dashboard(app, runtime)
     register_ingest_view(app, runtime)
+    from pipeline.stream.breach_consumer import wire_actions
+
+    # breaches turn budget actions on and go out to webhooks (an agent of their own; it
+    # also registers POST /api/budgets/{id}/reset)
+    runtime.actions = wire_actions(app, runtime, breaches_topic)
     return runtime

@@ -212,3 +212,20 @@ def test_dead_endpoint_gives_up_after_the_bound_and_never_raises(store: Store) -
     assert [(r[1], r[2], r[3], r[5]) for r in rows] == [("gave_up", FAST.max_attempts, None,
                                                          False)]
     assert "Connect" in rows[0][4]
+
+
+def test_webhook_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.settings import load_settings
+
+    monkeypatch.setenv("TOKENMETER_WEBHOOK_URLS", "http://a.example/x, https://b.example/y")
+    monkeypatch.setenv("TOKENMETER_WEBHOOK_SECRET", SECRET)
+    s = load_settings()
+    assert s.webhook_urls == ["http://a.example/x", "https://b.example/y"]
+    assert SECRET not in repr(s) and s.webhook_secret is not None
+    assert (s.webhook_format, s.actions_refresh_s) == ("json", 2.0)
+    monkeypatch.setenv("TOKENMETER_WEBHOOK_URLS", '["http://c.example/z"]')
+    assert load_settings().webhook_urls == ["http://c.example/z"]
+    monkeypatch.setenv("TOKENMETER_WEBHOOK_URLS", "ftp://nope")
+    with pytest.raises(ConfigError, match="TOKENMETER_WEBHOOK_URLS"):
+        load_settings()
