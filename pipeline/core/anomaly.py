@@ -33,8 +33,11 @@ Z99 = Decimal("2.326")  # the 99th percentile of a normal distribution, in devia
 # the smallest spread a score divides by (per minute): a baseline that never varied (a quiet
 # tenant, no history) would otherwise score any cent as infinite; the floor still applies
 MIN_SPREAD = Decimal("0.000001")
-# future-dated events: one bucket of clock skew is tolerated, anything later is ignored
-FUTURE_BUCKETS = 1
+# producers' clocks run ahead of the worker's by seconds (hosts' skew, a worker whose clock
+# started a moment later): spend up to this far ahead is real and counts in the current
+# bucket; anything later is ignored (one far-future event must not move the window)
+SKEW_S = 120
+FUTURE_BUCKETS = 0  # buckets ahead of the clock's: none, early events count in its own
 _RATE_Q = Decimal("0.000000000001")  # budget_breaches rate columns: Decimal(38, 12)
 _SCORE_Q = Decimal("0.000001")  # score column: Decimal(38, 6)
 MAX_SCORE = Decimal(10) ** 12
@@ -64,9 +67,9 @@ def buckets_in(window_s: int) -> int:
 class RateWindow:
     """Spend per event-time bucket of one budget scope, bounded to the longest window.
 
-    Only buckets in (head - span, head + FUTURE_BUCKETS] are kept, head being the worker
-    clock's bucket: a far-future or long-past event does nothing, and memory stays at most
-    span + FUTURE_BUCKETS buckets whatever the traffic.
+    Only buckets in (head - span, head] are kept, head being the worker clock's bucket; an
+    event up to SKEW_S ahead counts in the head bucket: a far-future or long-past event does
+    nothing, and memory stays at most span buckets whatever the traffic.
     """
 
     __slots__ = ("span", "buckets")
@@ -79,8 +82,9 @@ class RateWindow:
         """Count ``amount`` at event time ``at``; False when it falls outside the window."""
         head = bucket_of(now)
         b = bucket_of(at)
-        if b > head + FUTURE_BUCKETS or b <= head - self.span:
+        if b > head + buckets_in(SKEW_S) or b <= head - self.span:
             return False
+        b = min(b, head)
         self.buckets[b] = self.buckets.get(b, Decimal(0)) + amount
         if len(self.buckets) > self.span + FUTURE_BUCKETS:
             self.trim(now)

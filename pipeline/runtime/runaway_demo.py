@@ -27,12 +27,12 @@ RUN_BUDGET_ID = "demo-tenant-00003-runs"
 
 
 def run_budget(tenant: str = RUNAWAY_TENANT) -> Budget:
-    """Each agent run of the tenant at most $2 (hard), and a spend rate over $3 a minute is
+    """Each agent run of the tenant at most $2 (hard), and a spend rate over $1 a minute is
     an anomaly whatever the baseline says."""
     return Budget.model_validate({
         "budget_id": RUN_BUDGET_ID, "tenant_id": tenant, "period": "run", "each": "trace_id",
         "limit": "2", "mode": "hard", "idle_timeout_s": 600, "thresholds": [50, 80, 100],
-        "anomaly": {"enabled": True, "max_rate": "3"},
+        "anomaly": {"enabled": True, "max_rate": "1"},
     })
 
 
