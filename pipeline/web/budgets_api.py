@@ -12,12 +12,14 @@ from typing import Any
 from faust.web import Request, Response, View
 from pydantic import ValidationError
 
+from pipeline.core.actions import apply_actions, cheapest_alternative
 from pipeline.core.budgets import Budget
 from pipeline.core.decision import Decision, Room, applies, decide, request_from, request_key
 from pipeline.core.decision import Request as DecisionRequest
 from pipeline.core.reservations import HoldBook
 from pipeline.errors import PricingError, ValidationFailed
 from pipeline.store.dashboard_reads import breaches as recent_breaches
+from pipeline.stream.action_book import action_book_of
 from pipeline.stream.holds import hold_book_of
 
 
@@ -77,6 +79,14 @@ async def decide_now(runtime: Any, req: DecisionRequest, now: datetime,
             decision = decide(req, rooms, catalog, now, processor.meter.policy)
         except PricingError as exc:
             return 404, {"error": exc.detail}
+        # actions budgets put in force (forecast or anomaly breaches) tighten the answer
+        # before a reservation holds anything: block denies, throttle denies its pool,
+        # downgrade points to a cheaper model
+        book = action_book_of(runtime)
+        actives = book.active(now, req.tenant_id) if book is not None else []
+        if actives:
+            decision = apply_actions(decision, actives, value_tier=req.value_tier, now=now,
+                                     cheaper=cheapest_alternative(catalog, req, now))
         if then is not None:
             then(decision)
     return 200, (decision, rooms)
