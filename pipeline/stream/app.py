@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import faust
@@ -249,5 +249,21 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
 
     # breaches turn budget actions on and go out to webhooks (an agent of their own; it
     # also registers POST /api/budgets/{id}/reset)
-    runtime.actions = wire_actions(app, runtime, breaches_topic)
+    runtime.actions = actions = wire_actions(app, runtime, breaches_topic)
+    clearing: set[asyncio.Task[Any]] = set()
+
+    def anomaly_over(budget_id: str, now: datetime) -> None:
+        # the velocity watch calls this inside the metering step when a budget's spend rate
+        # is back to normal: lift its anomaly actions off that path (a ClickHouse write)
+        task = asyncio.get_running_loop().create_task(actions.clear(budget_id, "anomaly", now))
+        clearing.add(task)
+        task.add_done_callback(_cleared)
+
+    def _cleared(task: asyncio.Task[Any]) -> None:
+        clearing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not lift the anomaly actions of a budget (they expire on "
+                      "their own, or `tokenmeter budget reset ID`): %s", task.exception())
+
+    velocity.on_clear = anomaly_over
     return runtime

@@ -126,6 +126,16 @@ def test_worker_applies_delivers_and_resets(settings: Settings) -> None:
                                ["actions"])
             assert [(a["budget_id"], a["action"], a["breach_id"]) for a in actions] == [
                 ("team-a", "block", breach.breach_id)]
+            # the decision API and reservations apply it: $4 of $10 spent would allow
+            ask = ("/api/decision?tenant_id=acme&model=gpt-4o&estimated_input_tokens=1000"
+                   "&estimated_output_tokens=100")
+            status, answer = http(settings, "GET", ask)
+            assert status == 200 and answer["decision"] == "deny", answer
+            assert "team-a" in answer["reason"] and "block" in answer["reason"]
+            status, held = http(settings, "POST", "/api/reservations?tenant_id=acme", {
+                "tenant_id": "acme", "model": "gpt-4o", "estimated_input_tokens": 1000,
+                "estimated_output_tokens": 100})
+            assert status == 200 and held["decision"] == "deny", held
             wait_for(lambda: len(rx.seen) >= 2)  # 503, then 200 after a backoff
             headers, body = rx.seen[-1]
             assert headers[IDEMPOTENCY_HEADER] == breach.breach_id
@@ -139,6 +149,7 @@ def test_worker_applies_delivers_and_resets(settings: Settings) -> None:
                                 {"budget_id": "team-a"})
             assert status == 200 and [a["action"] for a in body["reset"]] == ["block"]
             assert http(settings, "GET", "/api/actions?tenant_id=acme")[1]["actions"] == []
+            assert http(settings, "GET", ask)[1]["decision"] == "allow"
             assert http(settings, "POST", "/api/budgets/nope/reset", {})[0] == 404
 
             def delivered() -> Any:
