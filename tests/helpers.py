@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.catalog import load_catalog
+from pipeline.core.events import PricedUsage
 from pipeline.core.meter import Meter
 from pipeline.core.scoring import load_policy
 from pipeline.core.simulate import Simulator
@@ -119,6 +120,34 @@ def get(settings: Any, path: str) -> tuple[int, dict]:
         return e.code, {}
     except OSError:
         return 0, {}
+
+
+def http(settings: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One JSON request to a worker's API: (status, decoded answer), errors included."""
+    req = urllib.request.Request(f"{settings.web_url}{path}", method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+class MeteringRecorder:
+    """A producer double that meters what it is asked to record, as the pipeline would."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.priced: list[PricedUsage] = []
+
+    def record(self, *, tenant_id: str, provider: str, model: str,
+               input_tokens: int | None = None, output_tokens: int | None = None,
+               **fields: Any) -> str:
+        event = {"tenant_id": tenant_id, "provider": provider, "model": model,
+                 "input_tokens": input_tokens, "output_tokens": output_tokens, **fields}
+        self.priced.append(METER.meter_object(event, now=self.now))
+        return str(fields["event_id"])
 
 
 def query(settings: Any, sql: str) -> list[list]:

@@ -31,8 +31,7 @@ from typing import Any, TypeVar
 from pipeline.core.budget_options import ACTION_KINDS, Action
 from pipeline.core.budgets import Budget, BudgetBreach
 from pipeline.core.catalog import Catalog
-from pipeline.core.decision import Decision, Request, estimate
-from pipeline.errors import PricingError
+from pipeline.core.decision import Decision, Request, cheaper_models, estimate
 
 # an anomaly action whose clear never came ends this long after its last breach
 ANOMALY_EXPIRY = timedelta(hours=1)
@@ -98,18 +97,8 @@ def cheapest_alternative(catalog: Catalog, req: Request,
     requested = catalog.resolve(req.model)
     if requested is None:
         return None
-    cost = estimate(catalog, requested.model, req, at)
-    best: tuple[Decimal, str] | None = None
-    for m in catalog.models:
-        if m.provider != requested.provider or m.model == requested.model:
-            continue
-        try:
-            c = estimate(catalog, m.model, req, at)
-        except PricingError:
-            continue
-        if c < cost and (best is None or (c, m.model) < best):
-            best = (c, m.model)
-    return None if best is None else (best[1], best[0])
+    cheaper = cheaper_models(catalog, req, at, estimate(catalog, requested.model, req, at))
+    return None if not cheaper else (cheaper[0][1], cheaper[0][0])
 
 
 def _covered(action: ActiveAction, rooms: Iterable[tuple[str, str]]) -> bool:

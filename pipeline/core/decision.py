@@ -166,6 +166,24 @@ def _unchecked(rooms: list[Room]) -> str:
             "to have it checked")
 
 
+def cheaper_models(catalog: Catalog, req: Request, at: datetime,
+                   cost: Decimal) -> list[tuple[Decimal, str]]:
+    """(estimate, model) of the requested model's provider's models that cost less than
+    ``cost`` for this request, cheapest first (what a downgrade can point to)."""
+    requested = catalog.resolve(req.model)
+    out = []
+    for m in catalog.models:
+        if requested is None or m.provider != requested.provider or m.model == requested.model:
+            continue
+        try:
+            c = estimate(catalog, m.model, req, at)
+        except PricingError:
+            continue
+        if c < cost:
+            out.append((c, m.model))
+    return sorted(out)
+
+
 def decide(req: Request, rooms: list[Room], catalog: Catalog, at: datetime,
            policy: ValuePolicy | None = None) -> Decision:
     """Admission decision for one request against the rooms of the budgets that apply
@@ -177,17 +195,7 @@ def decide(req: Request, rooms: list[Room], catalog: Catalog, at: datetime,
     if _fits(rooms, cost, req, policy):
         return Decision("allow", req.model, cost, "within every applicable budget" + note,
                         rooms=rooms)
-    candidates = []
-    for m in catalog.models:
-        if m.provider != requested.provider or m.model == requested.model:
-            continue
-        try:
-            c = estimate(catalog, m.model, req, at)
-        except PricingError:
-            continue
-        if c < cost:
-            candidates.append((c, m.model))
-    for c, name in sorted(candidates):
+    for c, name in cheaper_models(catalog, req, at, cost):
         if _fits(rooms, c, req, policy):
             return Decision("downgrade", req.model, cost,
                             f"{req.model} would exceed the remaining budget; {name} fits"

@@ -10,33 +10,19 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from pipeline.core.catalog import load_catalog
-from pipeline.core.events import PricedUsage
 from pipeline.core.meter import Meter
 from pipeline.core.scoring import load_policy
 from pipeline.integrations.otel import UsageSpanProcessor
+from tests.helpers import MeteringRecorder
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=timezone.utc)
 END_NS = int(NOW.timestamp()) * 1_000_000_000
 METER = Meter(load_catalog(), load_policy())
 
 
-class MeteringRecorder:
-    """Meters what the processor records, as the pipeline would (raises like the SDK)."""
-
-    def __init__(self) -> None:
-        self.priced: list[PricedUsage] = []
-
-    def record(self, *, tenant_id: str, provider: str, model: str,
-               input_tokens: int | None = None, output_tokens: int | None = None,
-               **fields: Any) -> str:
-        event = {"tenant_id": tenant_id, "provider": provider, "model": model,
-                 "input_tokens": input_tokens, "output_tokens": output_tokens, **fields}
-        self.priced.append(METER.meter_object(event, now=NOW))
-        return str(fields["event_id"])
-
 
 def span(attrs: dict[str, Any]) -> tuple[UsageSpanProcessor, MeteringRecorder]:
-    rec = MeteringRecorder()
+    rec = MeteringRecorder(NOW)
     processor = UsageSpanProcessor(rec, default_tenant="acme")
     provider = TracerProvider()
     provider.add_span_processor(processor)

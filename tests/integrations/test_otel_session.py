@@ -13,29 +13,16 @@ from pipeline.core.events import PricedUsage
 from pipeline.core.meter import Meter
 from pipeline.core.scoring import load_policy
 from pipeline.integrations.otel import UsageSpanProcessor
+from tests.helpers import MeteringRecorder
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=timezone.utc)
 END_NS = int(NOW.timestamp()) * 1_000_000_000
 METER = Meter(load_catalog(), load_policy())
 
 
-class MeteringRecorder:
-    """Meters what the span processor records, as the pipeline would."""
-
-    def __init__(self) -> None:
-        self.priced: list[PricedUsage] = []
-
-    def record(self, *, tenant_id: str, provider: str, model: str,
-               input_tokens: int | None = None, output_tokens: int | None = None,
-               **fields: Any) -> str:
-        event = {"tenant_id": tenant_id, "provider": provider, "model": model,
-                 "input_tokens": input_tokens, "output_tokens": output_tokens, **fields}
-        self.priced.append(METER.meter_object(event, now=NOW))
-        return str(fields["event_id"])
-
 
 def metered(attrs: dict[str, Any]) -> PricedUsage:
-    rec = MeteringRecorder()
+    rec = MeteringRecorder(NOW)
     provider = TracerProvider()
     provider.add_span_processor(UsageSpanProcessor(rec, default_tenant="acme"))
     s = provider.get_tracer("test").start_span("chat", start_time=END_NS - 10**9)

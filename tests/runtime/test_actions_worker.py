@@ -9,8 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -26,7 +24,7 @@ from pipeline.delivery.webhooks import (
     verify,
 )
 from pipeline.settings import Settings
-from tests.helpers import free_port, now, subprocess_env, wait_ready
+from tests.helpers import free_port, http, now, subprocess_env, wait_ready
 
 pytestmark = [pytest.mark.integration]
 SECRET = "worker-test-secret"
@@ -66,16 +64,6 @@ class Receiver:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
-
-def http(settings: Settings, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    req = urllib.request.Request(f"{settings.web_url}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 async def publish_breach(settings: Settings, breach: BudgetBreach) -> None:

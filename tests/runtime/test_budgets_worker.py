@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from pipeline.settings import Settings
+from tests.helpers import http, produce, start_worker, subprocess_env, wait_ready
 from tests.helpers import now as clock_now
-from tests.helpers import produce, start_worker, subprocess_env, wait_ready
 
 # budget periods against a worker clock: `make test-clocks` runs it at a month start and a
 # year end too
@@ -26,16 +25,6 @@ def tm(settings: Settings, *args: str) -> subprocess.CompletedProcess:
                           env=subprocess_env(settings), capture_output=True, text=True,
                           timeout=60)
 
-
-def http(settings: Settings, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(f"{settings.web_url}{path}", method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def event(i: int, tenant: str, tokens: int) -> tuple[bytes, bytes]:
