@@ -75,6 +75,9 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
+        # Faust keeps its local data here, not in "{app_id}-data" of whatever directory the
+        # worker was started in (tests and demos littered the checkout with them)
+        datadir=str(settings.data_dir / "faust"),
         autodiscover=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
