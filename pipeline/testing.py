@@ -330,7 +330,7 @@ class InMemoryLedger:
 
 
 def _in_scope(r: Row, budget: Any, start: datetime, end: datetime) -> bool:
-    """The rows ledger._scope selects for a budget in [start, end)."""
+    """The rows ledger.scope_where selects for a budget in [start, end)."""
     if r["tenant_id"] != budget.tenant_id or not start <= r["timestamp"] < end:
         return False
     for field in ("project_id", "user_id", "feature", "task_type"):
@@ -349,7 +349,7 @@ def _row_key(r: Row, each: str) -> str:
 
 
 def _metric(r: Row, metric: str) -> Decimal:
-    """A row's amount of a budget metric (ledger._METRIC_SQL)."""
+    """A row's amount of a budget metric (ledger.METRIC_SQL)."""
     if metric == "tokens":
         return Decimal(r["input_tokens"] + r["output_tokens"])
     return Decimal(r["total_cost"] if metric == "cost" else r["value_units"])

@@ -1,4 +1,4 @@
-"""The spend-velocity baseline read: per-grain spend of one UTC hour of the week, past weeks."""
+"""The spend-velocity baseline read: a scope's spend and calls per hour over the past weeks."""
 
 from __future__ import annotations
 
@@ -6,27 +6,22 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from pipeline.core.anomaly import WEEKS, grain_of, hour_start
+from pipeline.core.anomaly import WEEKS, HourRow, hour_start
 from pipeline.store.client import Store
-from pipeline.store.ledger import _METRIC_SQL, _scope
+from pipeline.store.ledger import METRIC_SQL, scope_where
 
 
-def hour_spend(store: Store, budget: Any, hour: datetime, weeks: int = WEEKS,
-               grain_s: int | None = None) -> list[tuple[datetime, Decimal]]:
-    """(UTC grain start, amount) of a budget scope's metric in the same UTC hour of the week
-    as ``hour`` in each of the ``weeks`` weeks before it, one query (FINAL: a re-delivered
-    event counts once). Grains with no events have no row: they are zero spend."""
+def hourly_history(store: Store, budget: Any, hour: datetime,
+                   weeks: int = WEEKS) -> list[HourRow]:
+    """(UTC hour start, spend, calls) of a budget scope for every hour with calls in the
+    ``weeks`` weeks before ``hour``, one query (FINAL: a re-delivered event counts once)."""
     start = hour_start(hour)
-    grain = grain_s if grain_s is not None else grain_of(budget.anomaly.windows_s)
-    where, params = _scope(budget, start - timedelta(weeks=weeks), start)
-    params.update(dow=start.isoweekday(), hod=start.hour)
+    where, params = scope_where(budget, start - timedelta(weeks=weeks), start)
     rows = store.rows(
-        f"SELECT toStartOfInterval(timestamp, INTERVAL {int(grain)} SECOND) AS g, "
-        f"sum({_METRIC_SQL[budget.metric.value]}) "
-        f"FROM {store.database}.usage_events FINAL WHERE {where} "
-        "AND toDayOfWeek(timestamp) = %(dow)s AND toHour(timestamp) = %(hod)s "
-        "GROUP BY g ORDER BY g",
+        "SELECT toStartOfHour(timestamp) AS h, "
+        f"sum({METRIC_SQL[budget.metric.value]}), count() "
+        f"FROM {store.database}.usage_events FINAL WHERE {where} GROUP BY h ORDER BY h",
         parameters=params,
     )
-    return [(g.replace(tzinfo=timezone.utc) if g.tzinfo is None else g, Decimal(amount))
-            for g, amount in rows]
+    return [(h.replace(tzinfo=timezone.utc) if h.tzinfo is None else h, Decimal(amount),
+             int(calls)) for h, amount, calls in rows]

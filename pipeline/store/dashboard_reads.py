@@ -122,9 +122,9 @@ def active_keys(store: Store, budget: Budget, start: datetime, end: datetime,
     """(key, spent in [start, end), last event) of a template or run budget's keys that had an
     event since ``since``, most spent first (the exact ledger; at most ``top``)."""
     assert budget.each is not None
-    where, params = ledger._scope(budget, start, end)
+    where, params = ledger.scope_where(budget, start, end)
     column, extra = ledger.key_column(budget.each)
-    metric = ledger._METRIC_SQL[budget.metric.value]
+    metric = ledger.METRIC_SQL[budget.metric.value]
     db = store.database
     rows = store.rows(
         f"SELECT {column} AS k, sum({metric}) AS s, max(timestamp) FROM {db}.usage_events FINAL "

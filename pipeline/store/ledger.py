@@ -104,14 +104,14 @@ def existing_ids(store: Store, pairs: Iterable[tuple[str, str]]) -> set[tuple[st
     return found
 
 
-_METRIC_SQL = {
+METRIC_SQL = {
     "cost": "total_cost",
     "tokens": "toDecimal128(input_tokens + output_tokens, 12)",
     "value_units": "value_units",
 }
 
 
-def _scope(budget: Any, start: datetime, end: datetime) -> tuple[str, dict[str, Any]]:
+def scope_where(budget: Any, start: datetime, end: datetime) -> tuple[str, dict[str, Any]]:
     """WHERE clause and parameters selecting a budget's events in [start, end)."""
     where = ["tenant_id = %(tenant)s", "timestamp >= %(start)s", "timestamp < %(end)s"]
     params: dict[str, Any] = {"tenant": budget.tenant_id, "start": start, "end": end}
@@ -128,9 +128,9 @@ def _scope(budget: Any, start: datetime, end: datetime) -> tuple[str, dict[str, 
 
 def period_spend(store: Store, budget: Any, start: datetime, end: datetime) -> dict[str, Any]:
     """Period-to-date amount of a budget's metric, by value tier, from the exact ledger."""
-    where, params = _scope(budget, start, end)
+    where, params = scope_where(budget, start, end)
     rows = store.rows(
-        f"SELECT value_tier, sum({_METRIC_SQL[budget.metric.value]}) "
+        f"SELECT value_tier, sum({METRIC_SQL[budget.metric.value]}) "
         f"FROM {store.database}.usage_events FINAL WHERE {where} GROUP BY value_tier",
         parameters=params,
     )
@@ -165,12 +165,12 @@ def key_spend(store: Store, budget: Any, start: datetime, end: datetime,
               keys: Iterable[str]) -> list[tuple[str, str, Any, datetime, datetime]]:
     """(key, value_tier, amount, first event, last event) of a template budget's keys in
     [start, end), from the exact ledger: one query per chunk of keys, not one per key."""
-    where, params = _scope(budget, start, end)
+    where, params = scope_where(budget, start, end)
     column, extra = key_column(budget.each)
     out: list[tuple[str, str, Any, datetime, datetime]] = []
     for chunk in _key_chunks(keys):
         rows = store.rows(
-            f"SELECT {column} AS k, value_tier, sum({_METRIC_SQL[budget.metric.value]}), "
+            f"SELECT {column} AS k, value_tier, sum({METRIC_SQL[budget.metric.value]}), "
             f"min(timestamp), max(timestamp) FROM {store.database}.usage_events FINAL "
             f"WHERE {where} AND k IN %(keys)s GROUP BY k, value_tier",
             parameters={**params, **extra, "keys": chunk},
@@ -184,13 +184,13 @@ def keys_over(store: Store, budget: Any, start: datetime, end: datetime, least: 
               since: datetime | None, limit: int) -> list[str]:
     """Template keys whose spend in [start, end) is at least ``least`` (and, with ``since``,
     whose latest event is not older): the keys a catch-up must evaluate, at most ``limit``."""
-    where, params = _scope(budget, start, end)
+    where, params = scope_where(budget, start, end)
     column, extra = key_column(budget.each)
     having = "" if since is None else " AND max(timestamp) >= %(since)s"
     rows = store.rows(
         f"SELECT {column} AS k FROM {store.database}.usage_events FINAL "
         f"WHERE {where} AND k != '' GROUP BY k "
-        f"HAVING sum({_METRIC_SQL[budget.metric.value]}) >= %(least)s{having} "
+        f"HAVING sum({METRIC_SQL[budget.metric.value]}) >= %(least)s{having} "
         f"ORDER BY k LIMIT {int(limit)}",
         parameters={**params, **extra, "least": least,
                     **({} if since is None else {"since": since})},
@@ -233,11 +233,11 @@ def bucket_history(store: Store, budget: Any, since: datetime, until: datetime,
                    hourly: bool) -> list[tuple[datetime, Any]]:
     """(UTC bucket start, amount) of a budget's metric per hour or day, from the ledger."""
     fn = "toStartOfHour(timestamp)" if hourly else "toStartOfDay(timestamp)"
-    where, params = _scope(budget, since, until)
+    where, params = scope_where(budget, since, until)
     return [
         (ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts, amount)
         for ts, amount in store.rows(
-            f"SELECT {fn} AS b, sum({_METRIC_SQL[budget.metric.value]}) "
+            f"SELECT {fn} AS b, sum({METRIC_SQL[budget.metric.value]}) "
             f"FROM {store.database}.usage_events FINAL WHERE {where} GROUP BY b ORDER BY b",
             parameters=params,
         )

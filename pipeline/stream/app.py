@@ -26,6 +26,7 @@ from pipeline.stream.topics import partition_for
 from pipeline.stream.velocity import VelocityWatch
 
 log = logging.getLogger(__name__)
+VELOCITY_TICK_S = 5.0  # how often open anomaly episodes are advanced without new events
 
 
 @dataclass
@@ -187,6 +188,16 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
 
     runtime.write_status = budget_status
     app.timer(interval=settings.status_interval_s, on_leader=False)(budget_status)
+
+    async def velocity_tick() -> None:
+        # episodes end after their cooldown even when no event arrives (a block that stopped
+        # the only traffic); the watch's state is only touched on the event loop, like observe
+        try:
+            await velocity.tick(clock())
+        except Exception:  # never stop the timer: metering is not affected either way
+            log.exception("spend-velocity tick failed")
+
+    app.timer(interval=VELOCITY_TICK_S, on_leader=False)(velocity_tick)
 
     @app.agent(events_topic, name="meter")
     async def meter(stream: Any) -> None:

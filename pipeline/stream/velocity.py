@@ -15,7 +15,6 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from pipeline.core.anomaly import (
@@ -23,9 +22,11 @@ from pipeline.core.anomaly import (
     WEEKS,
     Baseline,
     Episode,
+    HourRow,
+    KeyHeat,
     RateWindow,
     anomaly_breach,
-    baselines_from,
+    baseline_for,
     bucket_of,
     hour_start,
     judge,
@@ -33,13 +34,13 @@ from pipeline.core.anomaly import (
 )
 from pipeline.core.budgets import Budget, BudgetBreach
 from pipeline.core.events import PricedUsage
-from pipeline.store.baseline import hour_spend
+from pipeline.store.baseline import hourly_history
 from pipeline.stream.budget_book import BudgetBook
 
 log = logging.getLogger(__name__)
 
-# (budget, hour) -> (grain start, amount) rows; blocking (run in a thread)
-BaselineRead = Callable[[Budget, datetime], Sequence[tuple[datetime, Decimal]]]
+# (budget, hour) -> the scope's (hour, spend, calls) rows; blocking (run in a thread)
+BaselineRead = Callable[[Budget, datetime], Sequence[HourRow]]
 BaselineKey = tuple[str, datetime]  # (budget_id, UTC hour start)
 OnClear = Callable[[str, datetime], None]
 
@@ -60,7 +61,7 @@ class VelocityWatch:
                  weeks: int = WEEKS, cooldown_s: int = COOLDOWN_S, retry_s: int = 60,
                  prefetch_s: int = 600, on_clear: OnClear | None = None) -> None:
         self._read: BaselineRead = source if callable(source) else (
-            lambda b, hour: hour_spend(source, b, hour, weeks))
+            lambda b, hour: hourly_history(source, b, hour, weeks))
         self.clock = clock
         self.weeks = weeks
         self.cooldown_s = cooldown_s
@@ -73,8 +74,10 @@ class VelocityWatch:
             self.bind(book, owns)
         self.known: dict[str, Budget] = {}  # the version each budget's state was built for
         self.windows: dict[str, RateWindow] = {}
+        self.heat: dict[str, KeyHeat] = {}  # templates: recent spend per key
         self.episodes: dict[str, Episode] = {}
-        self.baselines: dict[BaselineKey, dict[int, Baseline]] = {}
+        # None: loaded, but the scope has under a day of history (only max_rate applies)
+        self.baselines: dict[BaselineKey, Baseline | None] = {}
         self.loading: dict[BaselineKey, asyncio.Task[None]] = {}
         self.retry_at: dict[BaselineKey, datetime] = {}
         self.loads = 0  # baseline reads that succeeded
@@ -99,8 +102,12 @@ class VelocityWatch:
                 if not b.anomaly.enabled or not b.matches(p):
                     continue
                 window = self._window(b)
-                if window.add(p.timestamp, b.measure(p), now):
+                amount = b.measure(p)
+                if window.add(p.timestamp, amount, now):
                     touched[b.budget_id] = p.event_id
+                    key = b.key_of(p)
+                    if b.each is not None and key:
+                        self._heat(b).add(key, amount, min(p.timestamp, now))
         out: list[BudgetBreach] = []
         for budget_id in list({*touched, *self.episodes}):
             known = self.known.get(budget_id)
@@ -121,10 +128,24 @@ class VelocityWatch:
             window = self.windows[b.budget_id] = RateWindow(max(b.anomaly.windows_s))
         return window
 
+    def _heat(self, b: Budget) -> KeyHeat:
+        heat = self.heat.get(b.budget_id)
+        if heat is None:
+            heat = self.heat[b.budget_id] = KeyHeat(min(b.anomaly.windows_s))
+        return heat
+
+    async def tick(self, now: datetime) -> None:
+        """Advance open episodes without new events (on a timer: a block that stopped the
+        only traffic still clears after the cooldown) and drop cold template keys."""
+        for heat in self.heat.values():
+            heat.prune(now)
+        await self.observe([], now)  # evaluates open episodes only: it never fires
+
     def forget(self, budget_id: str) -> None:
         """Drop every piece of a budget's state (changed or deleted)."""
         self.known.pop(budget_id, None)
         self.windows.pop(budget_id, None)
+        self.heat.pop(budget_id, None)
         self.episodes.pop(budget_id, None)
         for key in [k for k in self.baselines if k[0] == budget_id]:
             del self.baselines[key]
@@ -133,9 +154,8 @@ class VelocityWatch:
         window = self.windows.get(b.budget_id)
         if window is None:
             return None
-        baselines = self.baseline(b, now)
-        readings = [judge(w, window.spend(w, now), b.anomaly,
-                          None if baselines is None else baselines.get(w))
+        baseline = self.baseline(b, now)
+        readings = [judge(w, window.spend(w, now), window.count(w, now), b.anomaly, baseline)
                     for w in b.anomaly.windows_s]
         # the episode starts at the newest bucket counted (event time, not the worker clock),
         # so a replay of the same events repeats the same breach_id
@@ -154,16 +174,18 @@ class VelocityWatch:
                 log.exception("on_clear hook failed for budget %s", b.budget_id)
         if result.fire is None or result.episode is None:
             return None
-        return anomaly_breach(b, result.fire, result.episode, now, trigger)
+        heat = self.heat.get(b.budget_id)
+        key = (heat.top(now) if heat is not None else None) or ""
+        return anomaly_breach(b, result.fire, result.episode, now, trigger, key)
 
     # ----- baselines, off the hot path
 
-    def baseline(self, b: Budget, now: datetime) -> dict[int, Baseline] | None:
-        """The loaded baselines of ``now``'s hour, or None (then a load is started; the next
-        hour's is started too in the last ``prefetch_s`` of the hour)."""
+    def baseline(self, b: Budget, now: datetime) -> Baseline | None:
+        """The baseline of ``now``'s hour, or None (not loaded yet: a load is started; or the
+        scope is still learning); the next hour's is loaded in the last ``prefetch_s``."""
         hour = hour_start(now)
         got = self.baselines.get((b.budget_id, hour))
-        if got is None:
+        if (b.budget_id, hour) not in self.baselines:
             self._request(b, hour, now)
         if now >= hour + timedelta(seconds=3600 - self.prefetch_s):
             self._request(b, hour + timedelta(hours=1), now)
@@ -182,8 +204,7 @@ class VelocityWatch:
         try:
             rows = await asyncio.to_thread(self._read, b, hour)
             if self.known.get(b.budget_id) == b:  # not changed meanwhile
-                self.baselines[key] = baselines_from(rows, hour, b.anomaly.windows_s,
-                                                     self.weeks)
+                self.baselines[key] = baseline_for(rows, hour, self.weeks)
                 self.retry_at.pop(key, None)
                 self.loads += 1
         except Exception as exc:

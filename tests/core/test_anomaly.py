@@ -1,7 +1,9 @@
-"""Spend velocity, pure: bucket windows, robust baselines, verdicts, episodes, the breach."""
+"""Spend velocity, pure: bucket windows, same-hour baselines, Poisson scores, verdicts, episodes,
+the breach."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -9,26 +11,25 @@ import pytest
 
 from pipeline.core.anomaly import (
     BUCKET_S,
-    MIN_SPREAD,
     SKEW_S,
     Baseline,
     Cause,
     Episode,
+    KeyHeat,
     RateWindow,
     Reading,
+    Source,
     anomaly_breach,
     anomaly_breach_id,
-    baseline_of,
-    baselines_from,
+    baseline_for,
     bucket_of,
-    grain_of,
     judge,
     median,
     pick,
     sample_hours,
     score_of,
     step,
-    window_spends,
+    surprise,
 )
 from pipeline.core.budget_options import AnomalySettings
 from pipeline.core.budgets import BreachKind, Budget
@@ -51,6 +52,7 @@ def test_window_sums_the_buckets_of_each_window() -> None:
         assert w.add(now - timedelta(seconds=s), D("0.01"), now)
     assert w.spend(60, now) == D("0.06")
     assert w.spend(300, now) == D("0.30")
+    assert (w.count(60, now), w.count(300, now)) == (6, 30)
 
 
 @pytest.mark.parametrize(("offset_s", "counted"), [
@@ -96,103 +98,138 @@ def test_median(values: list[Decimal], expected: Decimal) -> None:
     assert median(values) == expected
 
 
-def test_baseline_is_median_and_mad_per_minute() -> None:
-    # per 5-minute window spend 1, 2, 3, 4, 100 -> per minute 0.2 .. 20
-    b = baseline_of([D(1), D(2), D(3), D(4), D(100)], 300)
-    assert b.median == D("0.6")
-    assert b.mad == D("0.2")  # |0.2-0.6|, |0.4-0.6|, 0, |0.8-0.6|, big -> median 0.2
-    assert b.samples == 5
-
-
-@pytest.mark.parametrize(("windows", "grain"), [([60, 300], 60), ([45], 45), ([700], 100),
-                                                 ([3600], 3600), ([10, 60], 10)])
-def test_grain_divides_every_window_and_the_hour(windows: list[int], grain: int) -> None:
-    assert grain_of(windows) == grain
-
-
 def test_sample_hours_are_the_same_hour_of_the_week_before() -> None:
     assert sample_hours(at(1234), 2) == [T0 - timedelta(weeks=1), T0 - timedelta(weeks=2)]
 
 
-def test_missing_windows_count_as_zero() -> None:
-    hours = sample_hours(T0, 4)
-    grains = {hours[0] + timedelta(minutes=3): D("1.5")}
-    spends = window_spends(grains, hours, 60, 300)
-    assert len(spends) == 4 * 12
-    assert sorted(spends)[-1] == D("1.5") and sum(spends) == D("1.5")
+def weeks_of(calls: list[int], spend: Decimal = D("0.01")) -> list[tuple[datetime, Decimal, int]]:
+    """The same hour in the weeks before T0 (newest first) with these calls, each ``spend``."""
+    return [(T0 - timedelta(weeks=k + 1), spend * c, c) for k, c in enumerate(calls)]
 
 
-def test_baselines_from_rows_use_only_the_sampled_hours() -> None:
-    hours = sample_hours(T0, 4)
-    rows = [(h + timedelta(minutes=m), D("0.10")) for h in hours for m in range(60)]
-    rows.append((T0 - timedelta(days=1), D(1000)))  # another hour: not a sample
-    got = baselines_from(rows, T0 + timedelta(minutes=20), [60, 300], 4)
-    assert got[60] == Baseline(60, D("0.10"), D(0), 240, D("0.10"))
-    assert got[300].median == D("0.10") and got[300].samples == 48
+def test_baseline_is_the_median_of_the_same_hour_over_past_weeks() -> None:
+    rows = weeks_of([100, 120, 80, 1000])  # one week held a runaway: the median ignores it
+    rows.append((T0 - timedelta(hours=1), D(500), 50_000))  # another hour: not a sample
+    got = baseline_for(rows, T0 + timedelta(minutes=20))
+    assert got == Baseline(D(110), D("1.10"), 4, Source.same_hour)
 
 
-@pytest.mark.parametrize(("baseline", "spread"), [
-    (Baseline(60, D(1), D("0.5"), 240, D(2)), D("1.4826") * D("0.5")),  # MAD is wider
-    (Baseline(60, D(1), D("0.1"), 240, D("3.326")), D(1)),  # the upper tail is wider
-    (Baseline(60, D(0), D(0), 240, D(0)), MIN_SPREAD),  # never below the minimum
+def test_a_week_without_calls_in_that_hour_counts_as_zero() -> None:
+    rows = [*weeks_of([100]), (T0 - timedelta(weeks=4, hours=1), D(1), 1)]  # 4 weeks of history
+    assert baseline_for(rows, T0) == Baseline(D(0), D(0), 4)
+
+
+def test_only_weeks_the_scope_existed_in_are_samples() -> None:
+    rows = weeks_of([100, 120])  # history starts two weeks ago
+    assert baseline_for(rows, T0) == Baseline(D(110), D("1.10"), 2)
+
+
+def test_under_a_week_of_history_the_busiest_recent_hour_stands_in() -> None:
+    rows = [(T0 - timedelta(hours=h), D("0.01") * c, c) for h, c in
+            [(30, 40), (20, 90), (5, 60), (1, 30)]]  # first seen 30 h ago
+    got = baseline_for(rows, T0)
+    assert got == Baseline(D(90), D("0.90"), 3, Source.busiest_recent_hour)  # within 24 h
+
+
+@pytest.mark.parametrize("rows", [
+    [],  # no history at all
+    [(T0 - timedelta(hours=23), D(1), 10)],  # under a day: still learning
+    [(T0, D(1), 10), (T0 + timedelta(hours=1), D(1), 10)],  # only this hour and later
 ])
-def test_spread_is_mad_or_what_the_upper_tail_implies(baseline: Baseline,
-                                                      spread: Decimal) -> None:
-    assert baseline.spread == spread
+def test_no_baseline_while_learning(rows: list[tuple[datetime, Decimal, int]]) -> None:
+    assert baseline_for(rows, T0) is None
 
 
-def test_no_history_gives_a_zero_baseline() -> None:
-    got = baselines_from([], T0, [60, 300])
-    assert got[60] == Baseline(60, D(0), D(0), 240)
+def test_naive_timestamps_are_utc() -> None:
+    rows = [(h.replace(tzinfo=None), s, c) for h, s, c in weeks_of([10])]
+    assert baseline_for(rows, T0) == Baseline(D(10), D("0.10"), 1)
+
+
+@pytest.mark.parametrize(("calls_per_hour", "window_s", "expected"), [
+    (D(600), 60, 10.0), (D(600), 300, 50.0),
+    (D(0), 60, 0.5), (D(6), 300, 2.5),  # never below MIN_CALLS_PER_MIN
+])
+def test_expected_calls_in_a_window(calls_per_hour: Decimal, window_s: int,
+                                    expected: float) -> None:
+    assert Baseline(calls_per_hour, D(0), 4).calls_in(window_s) == pytest.approx(expected)
+
+
+# ----- the Poisson score
+
+def poisson_tail(n: int, lam: float) -> float:
+    """P(X >= n) by summing the pmf directly (the reference the score is checked against)."""
+    return 1.0 - sum(math.exp(-lam) * lam ** k / math.factorial(k) for k in range(n))
+
+
+@pytest.mark.parametrize(("n", "lam"), [(1, 0.5), (3, 1.0), (5, 2.0), (10, 2.0), (12, 3.0),
+                                        (20, 10.0), (2, 5.0), (10, 10.0), (40, 20.0)])
+def test_surprise_is_minus_log10_of_the_poisson_tail(n: int, lam: float) -> None:
+    assert surprise(n, lam) == pytest.approx(-math.log10(poisson_tail(n, lam)), rel=1e-6,
+                                             abs=1e-9)
+
+
+@pytest.mark.parametrize(("n", "lam", "expected"), [(0, 3.0, 0.0), (5, 0.0, math.inf)])
+def test_surprise_edges(n: int, lam: float, expected: float) -> None:
+    assert surprise(n, lam) == expected
+
+
+def test_surprise_of_a_huge_burst_is_finite_and_large() -> None:
+    assert 1000 < surprise(2000, 10.0) < math.inf
 
 
 # ----- the verdict
 
-USUAL = Baseline(60, D("0.20"), D("0.05"), 240)  # 20 cents a minute, MAD 5 cents
-QUIET = Baseline(60, D(0), D(0), 240)
+USUAL = Baseline(D(600), D(12), 4)  # 10 calls and 20 cents a minute
+QUIET = Baseline(D(0), D(0), 4)  # an hour that had no calls
+# P(X >= 22 | 10) = 5.6e-4 -> 3.25; P(X >= 26 | 10) = 1.6e-5 -> 4.8; >= 28: 1.6e-6 -> 5.8;
+# >= 29: 4.9e-7 -> 6.3
+LOUD = 29
 
 
-@pytest.mark.parametrize(("spend", "baseline", "settings", "cause"), [
-    (D("0.20"), USUAL, ON, None),  # usual
-    (D("0.59"), USUAL, ON, None),  # below 3x the median
-    (D("0.60"), USUAL, ON, None),  # 3x but z = 0.4/0.0741 = 5.4 < 6
-    (D("0.65"), USUAL, ON, Cause.baseline),  # 3.25x and z = 6.07
-    (D("2.00"), USUAL, ON, Cause.baseline),  # 10x
-    (D("2.00"), None, ON, None),  # no baseline loaded: only max_rate applies
-    (D("2.00"), None, ON.model_copy(update={"max_rate": D(1)}), Cause.max_rate),
-    (D("1.00"), None, ON.model_copy(update={"max_rate": D(1)}), None),  # not over it
-    (D("0.30"), USUAL, ON.model_copy(update={"max_rate": D("0.25")}), Cause.max_rate),
-    (D("0.04"), QUIET, ON, None),  # quiet tenant: below the floor, whatever the score
-    (D("0.05"), QUIET, ON, Cause.baseline),  # at the floor
-    (D("0.65"), USUAL, ON.model_copy(update={"min_ratio": D(4)}), None),
-    (D("0.65"), USUAL, ON.model_copy(update={"min_score": D(7)}), None),
-    (D("0.65"), USUAL, ON.model_copy(update={"floor": D(1)}), None),
+@pytest.mark.parametrize(("spend", "calls", "baseline", "settings", "cause"), [
+    (D("0.20"), 10, USUAL, ON, None),  # usual
+    (D("0.59"), LOUD, USUAL, ON, None),  # improbable count, spend below 3x the usual
+    (D("0.60"), 28, USUAL, ON, None),  # 3x the spend, count 5.8 < 6
+    (D("0.60"), LOUD, USUAL, ON, Cause.baseline),  # 3x and 6.3
+    (D("2.00"), 100, USUAL, ON, Cause.baseline),  # 10x
+    (D("2.00"), 100, None, ON, None),  # no baseline: only max_rate applies
+    (D("2.00"), 100, None, ON.model_copy(update={"max_rate": D(1)}), Cause.max_rate),
+    (D("1.00"), 100, None, ON.model_copy(update={"max_rate": D(1)}), None),  # not over it
+    (D("0.30"), 10, USUAL, ON.model_copy(update={"max_rate": D("0.25")}), Cause.max_rate),
+    (D("0.04"), 20, QUIET, ON, None),  # quiet hour: below the floor, whatever the score
+    (D("0.05"), 20, QUIET, ON, Cause.baseline),  # at the floor, 20 calls where 0.5 are usual
+    (D("0.05"), 1, QUIET, ON, None),  # one call is never improbable
+    (D("0.60"), LOUD, USUAL, ON.model_copy(update={"min_ratio": D(4)}), None),
+    (D("0.60"), LOUD, USUAL, ON.model_copy(update={"min_score": D(7)}), None),
+    (D("0.60"), LOUD, USUAL, ON.model_copy(update={"floor": D(1)}), None),
 ])
-def test_judge(spend: Decimal, baseline: Baseline | None, settings: AnomalySettings,
-               cause: Cause | None) -> None:
-    r = judge(60, spend, settings, baseline)
+def test_judge(spend: Decimal, calls: int, baseline: Baseline | None,
+               settings: AnomalySettings, cause: Cause | None) -> None:
+    r = judge(60, spend, calls, settings, baseline)
     assert r.cause is cause
-    assert r.rate == spend
+    assert r.rate == spend and r.calls == calls
     assert (r.score is None) is (baseline is None)
 
 
 def test_rate_is_per_minute() -> None:
-    assert judge(300, D(1), ON, None).rate == D("0.2")
+    assert judge(300, D(1), 1, ON, None).rate == D("0.2")
 
 
-@pytest.mark.parametrize(("baseline", "rate", "score"), [
-    (USUAL, D("0.20"), D(0)),
-    (Baseline(60, D(1), D(1), 9), D("2.4826"), D(1)),
-    (QUIET, D("0.000001"), D("0.000001") / MIN_SPREAD),  # spread never below MIN_SPREAD
-])
-def test_score_is_a_robust_z(baseline: Baseline, rate: Decimal, score: Decimal) -> None:
-    assert score_of(rate, baseline) == score
+def test_score_is_the_surprise_of_the_count_at_the_usual_rate() -> None:
+    assert score_of(LOUD, 60, USUAL) == Decimal(repr(round(surprise(LOUD, 10.0), 6)))
+    assert score_of(0, 60, USUAL) == 0
+    assert score_of(10, 300, USUAL) == 0  # 10 calls in 5 minutes where 50 are usual
+
+
+def test_a_baseline_of_the_five_minute_window_expects_five_times_the_calls() -> None:
+    assert score_of(LOUD, 300, USUAL) < D("0.001")  # 29 of 50 usual: nothing improbable
+    assert score_of(LOUD, 60, USUAL) > 6
 
 
 # ----- episodes
 
 def reading(window_s: int, cause: Cause | None) -> Reading:
-    return Reading(window_s, D(1), D(1), USUAL, D(10), cause)
+    return Reading(window_s, D(1), 30, D(1), USUAL, D(10), cause)
 
 
 HOT = [reading(60, Cause.baseline), reading(300, None)]
@@ -249,17 +286,47 @@ def test_breach_id_is_deterministic_and_distinct(a: tuple, b: tuple) -> None:
 def test_the_breach_carries_rate_baseline_score_and_window() -> None:
     budget = Budget(budget_id="b1", tenant_id="t", limit=D(100), anomaly=ON,
                     actions={"anomaly": "block"})
-    r = judge(60, D("2.00"), ON, USUAL)
+    r = judge(60, D("2.00"), 100, ON, USUAL)
     ep = Episode(bucket_of(at(0)), at(0), anomaly_breach_id("b1", 60, bucket_of(at(0))))
     br = anomaly_breach(budget, r, ep, at(0), "ev-9")
     assert br.kind is BreachKind.anomaly and br.breach_id == ep.breach_id
     assert (br.observed_rate, br.baseline_rate, br.window_seconds) == (D("2.00"), D("0.20"), 60)
-    assert br.score == ((D("2.00") - D("0.20")) / (D("1.4826") * D("0.05"))).quantize(
-        D("0.000001"))
+    assert br.score == score_of(100, 60, USUAL)
     assert br.spent == D("2.00") and br.percent == D("2.00") and br.action == "block"
     assert br.severity == "warning" and br.triggering_event_id == "ev-9"
     assert br.period_end - br.period_start == timedelta(seconds=60)
-    ceiling = anomaly_breach(budget, judge(60, D(5), ON.model_copy(update={"max_rate": D(1)}),
-                                           None), ep, at(0), None)
+    ceiling = anomaly_breach(budget, judge(60, D(5), 3, ON.model_copy(
+        update={"max_rate": D(1)}), None), ep, at(0), None)
     assert ceiling.severity == "critical" and ceiling.baseline_rate is None
     assert ceiling.score is None
+
+
+# ----- which key of a template
+
+def test_key_heat_names_the_key_that_spent_most_recently() -> None:
+    heat = KeyHeat(60)
+    heat.add("run-old", D(100), at(0))  # much, but ten minutes ago: 2**-10 of it is left
+    heat.add("run-a", D(1), at(590))
+    heat.add("run-loop", D(3), at(595))
+    assert heat.top(at(600)) == "run-loop"
+    heat.add("run-a", D(5), at(600))
+    assert heat.top(at(600)) == "run-a"
+    assert KeyHeat(60).top(at(0)) is None
+
+
+def test_key_heat_is_bounded() -> None:
+    heat = KeyHeat(60, max_keys=100)
+    for i in range(1000):
+        heat.add(f"k{i}", D(1), at(i))
+    assert len(heat.heat) <= 100
+    assert heat.top(at(1000)) == "k999"
+    heat.prune(at(1000 + 8 * 60 + 1))  # eight half-lives later: all cold
+    assert heat.heat == {}
+
+
+def test_a_template_breach_names_its_key() -> None:
+    budget = Budget(budget_id="runs", tenant_id="t", limit=D(2), period="run", each="trace_id",
+                    anomaly=ON)
+    ep = Episode(bucket_of(at(0)), at(0), "x")
+    br = anomaly_breach(budget, judge(60, D(2), 100, ON, USUAL), ep, at(0), None, "run-loop")
+    assert (br.each, br.key) == ("trace_id", "run-loop")

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.core.anomaly import baselines_from
+from pipeline.core.anomaly import Baseline, baseline_for
 from pipeline.core.budgets import Budget
-from pipeline.store.baseline import hour_spend
+from pipeline.store.baseline import hourly_history
 from pipeline.store.client import Store
 from pipeline.store.sink import USAGE_COLUMNS, usage_row
 from tests.helpers import METER
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 HOUR = datetime(2026, 3, 10, 14, tzinfo=timezone.utc)  # a Tuesday, 14:00 UTC
 
 
-def test_hour_spend_reads_the_same_hour_of_the_week_of_the_scope_once(store: Store) -> None:
+def test_hourly_history_reads_the_scopes_hours_of_the_past_weeks_once(store: Store) -> None:
     budget = Budget.model_validate({"budget_id": "v", "tenant_id": "acme", "metric": "tokens",
                                     "project_id": "web", "limit": "1e9",
                                     "anomaly": {"enabled": True}})
@@ -45,9 +45,11 @@ def test_hour_spend_reads_the_same_hour_of_the_week_of_the_scope_once(store: Sto
     store.insert("usage_events", rows, USAGE_COLUMNS)
     store.insert("usage_events", rows[:1], USAGE_COLUMNS)  # re-delivered: FINAL counts it once
 
-    got = hour_spend(store, budget, HOUR + timedelta(minutes=30))
-    assert got == [(HOUR - timedelta(weeks=w, minutes=-3), Decimal(100 * w + 1))
-                   for w in (4, 3, 2, 1)]
-    assert all(at.tzinfo is not None for at, _ in got)
-    base = baselines_from(got, HOUR, [60, 300])
-    assert base[60].samples == 240 and base[60].median == 0  # missing minutes are zeros
+    got = hourly_history(store, budget, HOUR + timedelta(minutes=30))
+    weeks = [(HOUR - timedelta(weeks=w), Decimal(100 * w + 1), 2) for w in (4, 3, 2, 1)]
+    other_hour = (HOUR - timedelta(weeks=1, hours=1), Decimal(10_000), 1)
+    other_day = (HOUR - timedelta(days=1), Decimal(10_000), 1)
+    assert got == [*weeks[:3], other_hour, weeks[3], other_day]  # hour order
+    assert all(at.tzinfo is not None for at, _, _ in got)
+    # the same hour of each week is a sample; the others only say since when the scope exists
+    assert baseline_for(got, HOUR) == Baseline(Decimal(2), Decimal(251), 4)  # median of 101..401

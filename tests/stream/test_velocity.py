@@ -14,7 +14,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from pipeline.core.anomaly import sample_hours
+import pytest
+
+from pipeline.core.anomaly import Baseline, HourRow, hour_start, sample_hours, score_of
 from pipeline.core.budgets import Budget
 from pipeline.stream.live import LiveState
 from pipeline.stream.processor import Processor, RawMessage
@@ -30,18 +32,28 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(asyncio.wait_for(coro, TIMEOUT_S))
 
 
-def usual_history(budget: Budget, hour: datetime) -> list[tuple[datetime, Decimal]]:
-    """Per-minute spend of the sampled hours: 900 and 1100 tokens in turn (median 1000, MAD
-    100 tokens a minute)."""
-    return [(h + timedelta(minutes=m), D(900 if m % 2 else 1100))
-            for h in sample_hours(hour) for m in range(60)]
+USUAL_CALLS, USUAL_TOKENS = 720, 57_600  # an hour: 12 calls of 80 tokens a minute
 
 
-def no_history(budget: Budget, hour: datetime) -> list[tuple[datetime, Decimal]]:
+def usual_history(budget: Budget, hour: datetime) -> list[HourRow]:
+    """The sampled hours of four past weeks: 720 calls and 57,600 tokens in each, and 300
+    calls in the hour before each (not a sample)."""
+    return [row for h in sample_hours(hour) for row in
+            [(h, D(USUAL_TOKENS), USUAL_CALLS), (h - timedelta(hours=1), D(24_000), 300)]]
+
+
+def two_days_of_history(budget: Budget, hour: datetime) -> list[HourRow]:
+    """A tenant first seen 48 h ago: its busiest hour of the past day had the usual traffic."""
+    start = hour_start(hour)
+    return [(start - timedelta(hours=h), D(USUAL_TOKENS if h == 3 else 8_000),
+             USUAL_CALLS if h == 3 else 100) for h in range(1, 49)]
+
+
+def no_history(budget: Budget, hour: datetime) -> list[HourRow]:
     return []
 
 
-def broken(budget: Budget, hour: datetime) -> list[tuple[datetime, Decimal]]:
+def broken(budget: Budget, hour: datetime) -> list[HourRow]:
     raise ConnectionError("ClickHouse is down")
 
 
@@ -66,14 +78,18 @@ class Rig:
     async def start(self) -> None:
         await self.proc.budget_changed(self.budget.budget_id, self.budget)
 
-    async def tick(self, tokens: Sequence[int], model: str = "gpt-4o") -> None:
-        """Events of ``tokens`` input tokens each at the clock's time, then 5 s on."""
+    async def tick(self, tokens: Sequence[int], model: str = "gpt-4o",
+                   traces: Sequence[str] = ()) -> None:
+        """Events of ``tokens`` input tokens each at the clock's time (in turn of ``traces``,
+        when given), then 5 s on."""
         batch = []
-        for t in tokens:
+        for i, t in enumerate(tokens):
             self.n += 1
             e = {"event_id": f"e{self.n}", "timestamp": self.clock.now.isoformat(),
                  "tenant_id": "acme", "provider": "openai", "model": model,
                  "input_tokens": t, "output_tokens": 0}
+            if traces:
+                e["trace_id"] = traces[i % len(traces)]
             batch.append(RawMessage(json.dumps(e).encode(), "usage-events", 0, self.offset))
             self.offset += 1
         if batch:
@@ -92,8 +108,8 @@ def tokens_budget(**anomaly: Any) -> Budget:
         "anomaly": {"enabled": True, "floor": "100", **anomaly}})
 
 
-ORDINARY = [80]  # 80 tokens every 5 s: 960 a minute, the usual rate
-RUNAWAY = [400, 400]  # 10x
+ORDINARY = [80]  # one call of 80 tokens every 5 s: 12 calls and 960 tokens a minute, usual
+RUNAWAY = [80] * 10  # 10x the calls
 
 
 async def ordinary_then_runaway(rig: Rig, minutes_before: int = 10,
@@ -107,8 +123,10 @@ async def ordinary_then_runaway(rig: Rig, minutes_before: int = 10,
     return started
 
 
-def test_a_runaway_fires_once_with_its_numbers_and_ordinary_traffic_does_not() -> None:
-    rig = Rig(usual_history, tokens_budget())
+@pytest.mark.parametrize("history", [usual_history, two_days_of_history])
+def test_a_runaway_fires_once_with_its_numbers_and_ordinary_traffic_does_not(
+        history: Any) -> None:
+    rig = Rig(history, tokens_budget())
 
     async def scenario() -> datetime:
         await rig.start()
@@ -123,10 +141,12 @@ def test_a_runaway_fires_once_with_its_numbers_and_ordinary_traffic_does_not() -
     started = run(scenario())
     [b] = rig.anomalies()
     assert b["budget_id"] == "velocity" and b["window_seconds"] == 60
-    assert D(b["baseline_rate"]) == D(1000)
+    assert D(b["baseline_rate"]) == D(960)
     rate = D(b["observed_rate"])
-    assert rate >= 3000  # min_ratio x the median, and z >= 6
-    assert D(b["score"]) == ((rate - 1000) / (D("1.4826") * 100)).quantize(D("0.000001"))
+    assert rate >= 3 * 960  # min_ratio x the usual spend
+    calls = int(rate / 80)
+    assert D(b["score"]) == score_of(calls, 60, Baseline(D(USUAL_CALLS), D(USUAL_TOKENS), 4))
+    assert D(b["score"]) >= 6
     assert D(b["spent"]) == rate  # a 60 s window: its spend is its rate per minute
     latency = datetime.fromisoformat(b["emitted_at"]) - started
     assert timedelta(0) < latency <= timedelta(seconds=30)
@@ -162,19 +182,37 @@ def test_the_episode_clears_after_the_cooldown_and_a_second_runaway_fires_again(
     assert first["breach_id"] != second["breach_id"]
 
 
-def test_a_quiet_tenant_without_history_does_not_fire_below_the_floor() -> None:
-    # cost metric, default floor $0.05 a minute; gpt-4o input at $2.50 per million tokens:
-    # 1,500 tokens every 5 s is $0.045 a minute
+def test_a_tenant_without_history_raises_only_max_rate_alerts_while_it_learns() -> None:
+    rig = Rig(no_history, tokens_budget())
+    ceiling = Rig(no_history, tokens_budget(max_rate="5000"))
+
+    async def scenario(r: Rig) -> None:
+        await ordinary_then_runaway(r, minutes_before=2, runaway_s=60)
+
+    run(scenario(rig))
+    assert rig.anomalies() == []
+    assert list(rig.watch.baselines.values()) == [None]  # loaded: under a day of history
+    run(scenario(ceiling))
+    [b] = ceiling.anomalies()
+    assert b["severity"] == "critical" and b["baseline_rate"] is None
+
+
+def test_a_quiet_hour_does_not_fire_below_the_floor() -> None:
+    # cost metric, default floor $0.05 a minute; the sampled hours had no calls at all;
+    # gpt-4o input at $2.50 per million tokens: 1,500 tokens every 5 s is $0.045 a minute
     quiet = Budget.model_validate({"budget_id": "velocity", "tenant_id": "acme",
                                    "limit": "1000", "anomaly": {"enabled": True}})
-    rig = Rig(no_history, quiet)
+
+    def silent_hours(budget: Budget, hour: datetime) -> list[HourRow]:
+        return [(h - timedelta(hours=1), D(1), 10) for h in sample_hours(hour)]
+
+    rig = Rig(silent_hours, quiet)
 
     async def scenario() -> None:
         await rig.start()
         for _ in range(10 * 12):
             await rig.tick([1500])
         assert rig.anomalies() == []
-        assert rig.watch.baselines  # the (empty) baseline was loaded: only the floor held
         for _ in range(4):
             await rig.tick([1500, 1500])  # $0.09 a minute, over the floor
 
@@ -214,3 +252,37 @@ def test_a_far_future_event_does_nothing() -> None:
 
     assert run(scenario()) == []
     assert watch.windows["velocity"].buckets == {}
+
+
+def test_a_template_anomaly_names_the_run_that_ran_away() -> None:
+    runs = Budget.model_validate({
+        "budget_id": "velocity", "tenant_id": "acme", "metric": "tokens", "limit": "1e9",
+        "period": "run", "each": "trace_id", "anomaly": {"enabled": True, "floor": "100"}})
+    rig = Rig(usual_history, runs)
+
+    async def scenario() -> None:
+        await rig.start()
+        for k in range(2 * 12):  # ordinary: one call every 5 s, runs a, b and c in turn
+            await rig.tick(ORDINARY, traces=["run-a", "run-b", "run-c"][k % 3:][:1])
+        for _ in range(12):  # run-loop makes nine calls every 5 s, run-a one
+            await rig.tick(RUNAWAY, traces=["run-a", *["run-loop"] * 9])
+
+    run(scenario())
+    [b] = rig.anomalies()
+    assert (b["each"], b["key"]) == ("trace_id", "run-loop")
+
+
+def test_an_episode_clears_on_the_timer_when_no_event_comes() -> None:
+    rig = Rig(usual_history, tokens_budget())
+
+    async def scenario() -> None:
+        await ordinary_then_runaway(rig, minutes_before=2, runaway_s=60)
+        rig.clock.advance(9 * 60)
+        await rig.watch.tick(rig.clock.now)
+        assert rig.cleared == [] and rig.watch.episodes
+        rig.clock.advance(2 * 60)  # past the cooldown, still no event
+        await rig.watch.tick(rig.clock.now)
+
+    run(scenario())
+    assert [b for b, _ in rig.cleared] == ["velocity"] and not rig.watch.episodes
+    assert len(rig.anomalies()) == 1  # a tick never fires
