@@ -207,6 +207,11 @@ class Budget(BaseModel):
         if self.period is Period.run and self.each not in RUN_KEYS:
             raise ValueError(f"period run needs each set to one of {', '.join(RUN_KEYS)} "
                              "(which key names the run)")
+        if self.each is not None and "forecast" in self.actions:
+            # forecasts are per calendar budget: a template's keys are never forecast, so
+            # the action could never turn on; refuse it rather than accept a no-op
+            raise ValueError("a template (each) gets no forecast breaches: drop actions "
+                             "'forecast', or put it on a budget without each")
         for spec in self.actions.values():
             pool = spec.partition(":")[2]
             if pool and pool not in self.pools:

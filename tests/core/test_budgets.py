@@ -177,3 +177,12 @@ def test_smallest_limit_evaluates_even_at_the_largest_spend_a_column_holds() -> 
     assert out[0].percent == D("9" * 25 + ".25") * 10**8
     assert out[0].percent < D(10) ** 34  # inside the widened Decimal(76, 6) column
     assert percent_of(D("0.25"), MIN_LIMIT) == D("25000000.000000")
+
+
+def test_a_template_may_not_name_a_forecast_action() -> None:
+    with pytest.raises(ValidationError, match="no forecast breaches"):
+        Budget.model_validate({"budget_id": "r", "tenant_id": "t", "limit": "2",
+                               "period": "run", "each": "trace_id",
+                               "actions": {"forecast": "block"}})
+    Budget.model_validate({"budget_id": "r", "tenant_id": "t", "limit": "2", "period": "run",
+                           "each": "trace_id", "actions": {"anomaly": "block"}})

@@ -108,7 +108,11 @@ def test_forecast_alert_only_for_uncrossed_likely_thresholds() -> None:
     alerts = forecast_breaches(b, f, set(), NOW)
     assert [a.threshold_pct for a in alerts] == [D(80), D(100)]
     assert all(a.kind.value == "forecast" and a.probability >= D("0.8") for a in alerts)
+    assert all(a.action == "alert" for a in alerts)  # the budget names no forecast action
     assert forecast_breaches(b, f, {a.breach_id for a in alerts}, NOW) == []
+    acting = monthly(limit="250", forecast={"probability": "0.8"},
+                     actions={"forecast": "block"})
+    assert {a.action for a in forecast_breaches(acting, f, set(), NOW)} == {"block"}
     off = monthly(limit="250", forecast={"enabled": False})
     assert forecast_breaches(off, f, set(), NOW) == []
 
