@@ -88,12 +88,18 @@ class Settings(BaseSettings):
     def _check_webhooks(cls, v: Any) -> list[str]:
         import json
 
+        from pipeline.core.budget_options import check_webhook_url
+
         if isinstance(v, str):
             v = json.loads(v) if v.strip().startswith("[") else \
                 [u.strip() for u in v.split(",") if u.strip()]
-        if not isinstance(v, list) or not all(
-                isinstance(u, str) and u.startswith(("http://", "https://")) for u in v):
+        if not isinstance(v, list) or not all(isinstance(u, str) for u in v):
             raise ValueError("expected http(s) URLs, comma-separated or a JSON list")
+        for n, url in enumerate(v, 1):
+            try:
+                check_webhook_url(url)
+            except ValueError as exc:  # the same rule as a budget's webhooks
+                raise ValueError(f"URL {n} of {len(v)}: {exc}") from None
         return v
     log_level: str = "WARNING"
     # the worker's clock starts here and runs on (tests and replays of past traffic);

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from pipeline.core.budgets import Budget
 from pipeline.core.numbers import PLACES
+from pipeline.delivery.webhooks import public_budget
 from pipeline.errors import ConfigError, TokenmeterError
 from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, Settings
 from pipeline.stream.budget_feed import Parsed, decode_budget, parse_budget
@@ -211,7 +212,7 @@ def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "set":
         budget = budget_from_args(args)
         asyncio.run(_send(settings, budget.budget_id, budget.model_dump_json().encode()))
-        print(budget.model_dump_json())
+        print(json.dumps(public_budget(budget), separators=(",", ":")))  # webhooks masked
         return 0
     if args.action == "reset":
         try:
@@ -238,7 +239,7 @@ def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.json:
         print(json.dumps([
-            {**(p.budget.model_dump(mode="json") if p.budget is not None
+            {**(public_budget(p.budget) if p.budget is not None
                 else {"budget_id": p.budget_id, "tenant_id": p.tenant_id}),
              "status": status(p)[0], "failure": status(p)[1]} for p in listed]))
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,12 +43,13 @@ def check_each(v: str) -> str:
 
 
 class AnomalySettings(BaseModel):
-    """Spend-velocity alerts: rate over short windows against a robust ledger baseline.
+    """Spend-velocity alerts: calls and spend over short windows against a ledger baseline.
 
-    A window's rate is anomalous when it is at least ``min_ratio`` times the baseline
-    median, ``min_score`` robust z-scores (MAD) above it, and above ``floor`` (per minute,
-    in the budget's metric; it keeps quiet tenants and tenants without history from alerting
-    on noise). ``max_rate`` (per minute) alerts on its own, whatever the baseline says.
+    A window is anomalous when its call count is ``min_score`` improbable at the usual call
+    rate of this hour of the week (-log10 of the Poisson tail: 6 is one chance in a
+    million), its spend is at least ``min_ratio`` times the usual spend of a window, and its
+    rate is at least ``floor`` (per minute, in the budget's metric; it keeps quiet hours from
+    alerting on cents). ``max_rate`` (per minute) alerts on its own, whatever the baseline.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -93,10 +95,42 @@ class WebhookFormat(StrEnum):
     slack = "slack"
 
 
+MASK_MARK = "…"  # stands for the hidden part of a webhook URL as the API and CLI show it
+
+
+def check_webhook_url(url: str) -> str:
+    """A URL a webhook can be POSTed to (http or https, a host, a port in 1-65535), else
+    ValueError; checked here so that a bad URL is refused when set, not when delivered."""
+    if not 8 <= len(url) <= 2048 or any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("a webhook URL is 8 to 2048 characters, without spaces or control "
+                         "characters")
+    if MASK_MARK in url:
+        raise ValueError(f"{url[:80]!r} is a masked webhook URL (as the API and CLI show "
+                         "them): give the full URL")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in 0-65535
+        host = parts.hostname
+    except ValueError as exc:
+        raise ValueError(f"a webhook URL must be a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("a webhook URL starts with http:// or https://")
+    if not host:
+        raise ValueError("a webhook URL names a host, e.g. https://hooks.example.com/x")
+    if port == 0:
+        raise ValueError("a webhook URL's port is 1 to 65535")
+    return url
+
+
 class Webhook(BaseModel):
     """An endpoint breaches of this budget are POSTed to (signed, retried, recorded)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://[^\s]+$")]
+    url: Annotated[str, Field(min_length=8, max_length=2048)]
     format: WebhookFormat = WebhookFormat.json
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return check_webhook_url(v)

@@ -1,11 +1,14 @@
 """Webhook delivery rules (pure): where a breach goes, what is sent, how it is signed, and
-which failures are worth another attempt.
+which failures are worth another attempt, and how endpoint URLs are shown: ``redact`` (logs:
+scheme and host) and ``mask_url`` (the API, the CLI and ``webhook_deliveries``: and the last
+4 characters), since a Slack webhook's path is its credential.
 
-Every POST carries ``X-Tokenmeter-Timestamp`` (unix seconds), ``X-Tokenmeter-Signature:
-v1=<hex HMAC-SHA256(secret, f"{timestamp}.{body}")>`` (when a secret is set) and
-``Idempotency-Key: <breach_id>``. Only what can succeed later is retried: connection errors,
-timeouts, 408, 429 and 5xx, with capped exponential backoff and jitter; any other answer
-gives up at once.
+Every POST carries ``X-Tokenmeter-Timestamp`` (unix seconds, the sender's wall clock),
+``Idempotency-Key: <breach_id>`` and, when a secret is set, ``X-Tokenmeter-Signature:
+v2=<hex HMAC-SHA256(secret, f"{timestamp}.{breach_id}.{body}")>``: the signature covers the
+key receivers dedupe on, so a replayed request cannot pass as another breach. Only what can
+succeed later is retried: connection errors, timeouts, 408, 429 and 5xx, with capped
+exponential backoff and jitter; any other answer gives up at once.
 """
 
 from __future__ import annotations
@@ -15,29 +18,33 @@ import hmac
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.core.budget_options import WebhookFormat
+from pipeline.core.budget_options import MASK_MARK, WebhookFormat
 from pipeline.core.budgets import Budget, BudgetBreach
 
 TIMESTAMP_HEADER = "X-Tokenmeter-Timestamp"
 SIGNATURE_HEADER = "X-Tokenmeter-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-SIGNATURE_VERSION = "v1"
+SIGNATURE_VERSION = "v2"  # v1 signed f"{timestamp}.{body}" only
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The signature header's value: ``v1=<hex HMAC-SHA256(secret, "{timestamp}.{body}")>``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+def sign(secret: str, timestamp: int, breach_id: str, body: bytes) -> str:
+    """The signature header's value:
+    ``v2=<hex HMAC-SHA256(secret, "{timestamp}.{breach_id}.{body}")>``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.{breach_id}.".encode() + body,
+                   hashlib.sha256)
     return f"{SIGNATURE_VERSION}={mac.hexdigest()}"
 
 
-def verify(secret: str, timestamp: int, body: bytes, signature: str, now_s: int,
-           tolerance_s: int = 300) -> bool:
-    """True when ``signature`` signs ``body`` at ``timestamp`` and the timestamp is within
-    ``tolerance_s`` of ``now_s`` (a receiver's check; replays of old requests fail it)."""
+def verify(secret: str, timestamp: int, breach_id: str, body: bytes, signature: str,
+           now_s: int, tolerance_s: int = 300) -> bool:
+    """True when ``signature`` signs ``body`` of breach ``breach_id`` (the Idempotency-Key)
+    at ``timestamp`` and the timestamp is within ``tolerance_s`` of ``now_s`` (a receiver's
+    check; replays of old requests fail it)."""
     return (abs(now_s - timestamp) <= tolerance_s
-            and hmac.compare_digest(sign(secret, timestamp, body), signature))
+            and hmac.compare_digest(sign(secret, timestamp, breach_id, body), signature))
 
 
 def headers_for(breach_id: str, body: bytes, timestamp: int,
@@ -46,7 +53,7 @@ def headers_for(breach_id: str, body: bytes, timestamp: int,
     headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(timestamp),
                IDEMPOTENCY_HEADER: breach_id, "User-Agent": "tokenmeter-webhooks/1"}
     if secret is not None:
-        headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
+        headers[SIGNATURE_HEADER] = sign(secret, timestamp, breach_id, body)
     return headers
 
 
@@ -142,8 +149,71 @@ class RetryPolicy:
         return wait
 
 
+def _base(url: str) -> str:
+    """scheme://host[:port] of a URL, whatever the URL (never raises)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unparsable URL (e.g. a bracket left open): name nothing
+        return f"{url.partition(':')[0][:10] or '?'}://?"
+    host = parts.hostname or "?"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port out of range or not a number
+        port = ":?"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme or '?'}://{host}{port}"
+
+
 def redact(url: str) -> str:
-    """A URL fit for logs: scheme and host only (a Slack webhook's path is its secret)."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or '?'}{port}/…"
+    """A URL fit for logs: scheme, host and port only (a Slack webhook's path is its
+    secret); never raises."""
+    return f"{_base(url)}/{MASK_MARK}"
+
+
+def mask_url(url: str) -> str:
+    """A URL fit for the API, the CLI and ``webhook_deliveries``: scheme, host, port and the
+    last 4 characters of the path and query, enough to tell endpoints apart (never raises)."""
+    try:
+        parts = urlsplit(url)
+        rest = parts.path + (f"?{parts.query}" if parts.query else "")
+    except ValueError:
+        rest = ""
+    return f"{_base(url)}/{MASK_MARK}{rest.removeprefix('/')[-4:]}"
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error, an answer's first bytes) with the URL and its path masked."""
+    try:
+        parts = urlsplit(url)
+        secret = [parts.path + (f"?{parts.query}" if parts.query else ""), parts.path]
+    except ValueError:
+        secret = []
+    for part in [url, *secret]:
+        if len(part) > 1:  # "/" alone hides nothing
+            text = text.replace(part, mask_url(url) if part == url else f"/{MASK_MARK}")
+    return text
+
+
+def public_budget(budget: Budget) -> dict[str, Any]:
+    """A budget as JSON for the API and the CLI: its webhook URLs masked."""
+    data = budget.model_dump(mode="json")
+    for hook in data.get("webhooks", []):
+        hook["url"] = mask_url(hook["url"])
+    return data
+
+
+def unmask_webhooks(body: dict[str, Any], current: Budget | None) -> None:
+    """Put back the full URLs of a budget's webhooks that a client sent masked (read, edit,
+    write back); a mask two current URLs share stays masked and is refused as such."""
+    hooks = body.get("webhooks")
+    if current is None or not isinstance(hooks, list):
+        return
+    real: dict[str, str | None] = {}
+    for hook in current.webhooks:
+        masked = mask_url(hook.url)
+        real[masked] = hook.url if masked not in real else None
+    for item in hooks:
+        if isinstance(item, dict) and isinstance(item.get("url"), str):
+            full = real.get(item["url"])
+            if full is not None:
+                item["url"] = full

@@ -2,9 +2,10 @@
 
 The topic is read by the worker group (one consumer group: each breach is handled by one
 worker). For every breach it turns on the action its budget names (ActionBook, shared with
-the other workers through ClickHouse) and hands it to the webhook sender, which delivers in
-the background. Nothing here can stop the worker or hold up metering: it is its own agent,
-every failure is logged, and delivery waits only for a free slot of its own.
+the other workers through ClickHouse) and hands it to the webhook sender, which queues it and
+delivers in the background. Nothing here can stop the worker or hold up metering: it is its
+own agent, every failure is logged, and no breach's action waits for any delivery (a slow
+endpoint fills the sender's queue, not this agent's turn).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class BreachConsumer:
         self._warned = sender.signed
 
     async def handle(self, value: bytes) -> None:
-        """Turn on the breach's action and submit its delivery (never raises)."""
+        """Turn on the breach's action and queue its delivery (never raises, never waits
+        for a delivery)."""
         try:
             breach = BudgetBreach.model_validate_json(value)
         except ValidationError as exc:
@@ -76,7 +78,7 @@ def wire_actions(app: Any, runtime: Any, breaches_topic: Any) -> ActionBook:
         global_format=WebhookFormat(settings.webhook_format),
         policy=RetryPolicy(max_attempts=settings.webhook_max_attempts,
                            max_backoff_s=settings.webhook_max_backoff_s),
-        timeout_s=settings.webhook_timeout_s, clock=runtime.clock)
+        timeout_s=settings.webhook_timeout_s, clock=runtime.clock)  # signs by the wall clock
     if settings.webhook_urls and settings.webhook_secret is None:
         log.warning("%s", UNSIGNED_WARNING)
     consumer = BreachConsumer(actions, sender, runtime.processor.book.budgets.get,

@@ -17,6 +17,7 @@ from pipeline.core.budgets import Budget
 from pipeline.core.decision import Decision, Room, applies, decide, request_from, request_key
 from pipeline.core.decision import Request as DecisionRequest
 from pipeline.core.reservations import HoldBook
+from pipeline.delivery.webhooks import public_budget, unmask_webhooks
 from pipeline.errors import PricingError, ValidationFailed
 from pipeline.store.dashboard_reads import breaches as recent_breaches
 from pipeline.stream.action_book import action_book_of
@@ -97,7 +98,7 @@ def register_budget_views(app: Any, runtime: Any) -> None:
     processor = runtime.processor
 
     def _budget_json(b: Budget) -> dict[str, Any]:
-        return b.model_dump(mode="json")
+        return public_budget(b)  # webhook URLs masked: a Slack URL's path is its secret
 
     @app.page("/api/budgets")
     class Budgets(View):
@@ -124,6 +125,8 @@ def register_budget_views(app: Any, runtime: Any) -> None:
             if not isinstance(body, dict):
                 return self.json({"error": "send a JSON object"}, status=400)
             body["budget_id"] = budget_id
+            # a budget read here and written back carries masked URLs: they keep the real ones
+            unmask_webhooks(body, processor.book.budgets.get(budget_id))
             try:
                 budget = Budget.model_validate(body)
             except ValidationError as exc:

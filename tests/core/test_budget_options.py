@@ -61,3 +61,26 @@ def test_actions_and_webhooks() -> None:
         budget("--limit", "5", "--action", "block")
     with pytest.raises(ConfigError, match="does not have"):
         budget("--limit", "5", "--action", "forecast=throttle:low")
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("https://hooks.example.com:99999/services/T0/B0/SECRET", "valid URL"),  # port > 65535
+    ("http://hooks.example.com:0/x", "1 to 65535"),
+    ("http://hooks.example.com:http/x", "valid URL"),
+    ("http://[::1/hook", "valid URL"),
+    ("https:///no-host/x", "names a host"),
+    ("ftp://files.example.com/x", "http:// or https://"),
+    ("https://a.example/x y", "without spaces"),
+    ("https://hooks.slack.com/…XXXX", "masked webhook URL"),  # as GET /api/budgets shows it
+])
+def test_webhook_urls_are_checked_when_set_not_when_delivered(url: str, why: str) -> None:
+    with pytest.raises(ConfigError, match="invalid budget") as err:
+        budget("--limit", "5", "--webhook", url)
+    assert why in str(err.value) and "SECRET" not in str(err.value)
+
+
+def test_webhook_urls_that_are_fine() -> None:
+    urls = ["http://127.0.0.1:8080/hook", "https://[::1]:65535/x?token=abc",
+            "https://user:pw@hooks.example.com/a", "http://hooks.example.com:1/x"]
+    b = budget("--limit", "5", *[a for u in urls for a in ("--webhook", u)])
+    assert [w.url for w in b.webhooks] == urls

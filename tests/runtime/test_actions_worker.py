@@ -97,9 +97,18 @@ def test_worker_applies_delivers_and_resets(settings: Settings) -> None:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             wait_ready(settings, proc)
-            status, _ = http(settings, "PUT", "/api/budgets/team-a", {
-                "tenant_id": "acme", "limit": "10", "actions": {"forecast": "block"}})
+            hook = f"http://127.0.0.1:{rx.port}/hook"  # also global: one delivery
+            status, shown = http(settings, "PUT", "/api/budgets/team-a", {
+                "tenant_id": "acme", "limit": "10", "actions": {"forecast": "block"},
+                "webhooks": [{"url": hook}]})
             assert status == 200
+            # the API shows webhook URLs masked; a budget read and written back keeps its own
+            masked = f"http://127.0.0.1:{rx.port}/…hook"
+            assert shown["webhooks"] == [{"url": masked, "format": "json"}]
+            status, listed = http(settings, "GET", "/api/budgets?tenant_id=acme")
+            assert status == 200 and listed["budgets"][0]["webhooks"][0]["url"] == masked
+            status, shown = http(settings, "PUT", "/api/budgets/team-a", listed["budgets"][0])
+            assert status == 200 and shown["webhooks"][0]["url"] == masked
             at = now()
             breach = BudgetBreach(
                 breach_id="f" * 32, budget_id="team-a", tenant_id="acme",
@@ -128,7 +137,8 @@ def test_worker_applies_delivers_and_resets(settings: Settings) -> None:
             headers, body = rx.seen[-1]
             assert headers[IDEMPOTENCY_HEADER] == breach.breach_id
             ts = int(headers[TIMESTAMP_HEADER])
-            assert verify(SECRET, ts, body, headers[SIGNATURE_HEADER], now_s=ts)
+            assert verify(SECRET, ts, breach.breach_id, body, headers[SIGNATURE_HEADER],
+                          now_s=ts)
             assert json.loads(body)["breach_id"] == breach.breach_id
 
             # the reset needs a JSON body; it lifts the action
@@ -142,9 +152,10 @@ def test_worker_applies_delivers_and_resets(settings: Settings) -> None:
 
             def delivered() -> Any:
                 status, body = http(settings, "POST", "/api/query", {
-                    "sql": "SELECT status, attempts, last_status FROM tokenmeter.webhook_deliveries"})
+                    "sql": "SELECT url, status, attempts, last_status "
+                           "FROM tokenmeter.webhook_deliveries"})
                 return status == 200 and body["rows"]
-            assert wait_for(delivered) == [["delivered", 2, 200]]
+            assert wait_for(delivered) == [[masked, "delivered", 2, 200]]
             assert len(rx.seen) == 2
         finally:
             proc.send_signal(signal.SIGTERM)
