@@ -50,6 +50,7 @@ NEW_TENANT = ("tenant-new", 6.0)  # same kind of traffic, no history
 FLOOR = Decimal("0.02")  # per minute: set for these tenants (the default is 0.05)
 RUNAWAYS = 24  # in the goal group
 LOW_RUNAWAYS = 10
+NEW_RUNAWAYS = 4  # in the tenant without history, from its second day
 RUNAWAY_S = 600
 RUNAWAY_X = 10
 
@@ -87,14 +88,14 @@ def templates(tenant: str, n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def pick_runaways(rng: random.Random, tenants: dict[str, float],
-                  count: int) -> list[tuple[str, datetime]]:
+def pick_runaways(rng: random.Random, tenants: dict[str, float], count: int,
+                  earliest_s: int = 3600) -> list[tuple[str, datetime]]:
     """(tenant, start) of each injection: random times, apart within a tenant."""
     chosen: list[tuple[str, datetime]] = []
     names = sorted(tenants)
     while len(chosen) < count:
         tenant = names[len(chosen) % len(names)]
-        at = START + timedelta(seconds=STEP_S * rng.randrange(3600 // STEP_S,
+        at = START + timedelta(seconds=STEP_S * rng.randrange(earliest_s // STEP_S,
                                                                (7 * 86400 - 3600) // STEP_S))
         if all(t != tenant or abs((at - s).total_seconds()) > 2 * 3600 for t, s in chosen):
             chosen.append((tenant, at))
@@ -164,7 +165,10 @@ async def run(seed: int = 7, progress: Any = lambda s: None) -> dict[str, Any]:
 
         goal_runaways = pick_runaways(rng, TENANTS, RUNAWAYS)
         low_runaways = pick_runaways(rng, LOW_TENANTS, LOW_RUNAWAYS)
-        runaways = sorted(goal_runaways + low_runaways, key=lambda r: r[1])
+        # the tenant without history: runaways once it has a day of its own (before that
+        # only max_rate applies: it is learning)
+        new_runaways = pick_runaways(rng, dict([NEW_TENANT]), NEW_RUNAWAYS, 26 * 3600)
+        runaways = sorted(goal_runaways + low_runaways + new_runaways, key=lambda r: r[1])
         spans: dict[str, list[tuple[datetime, datetime]]] = {}
         for tenant, s in runaways:
             spans.setdefault(tenant, []).append((s, s + timedelta(seconds=RUNAWAY_S)))
@@ -206,11 +210,13 @@ async def run(seed: int = 7, progress: Any = lambda s: None) -> dict[str, Any]:
     goal = detection(anomalies, goal_runaways, TENANTS)
     low = detection(anomalies, low_runaways, LOW_TENANTS)
     new = [b for b in anomalies if b["tenant_id"] == NEW_TENANT[0]]
+    fresh = detection(anomalies, new_runaways, dict([NEW_TENANT]))
     return {
         "anomaly_history_rows": n_history,
         "anomaly_replayed_events": n_events,
         **{f"anomaly_{k}": v for k, v in goal.items()},
         **{f"anomaly_low_volume_{k}": v for k, v in low.items()},
+        **{f"anomaly_no_history_{k}": v for k, v in fresh.items()},
         "anomaly_no_history_tenant_breaches": len(new),
         "anomaly_no_history_first_at": min((b["emitted_at"] for b in new), default=None),
         "anomaly_no_history_first_rate": new[0]["observed_rate"] if new else None,

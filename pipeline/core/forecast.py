@@ -268,7 +268,7 @@ def forecast_breaches(budget: Budget, f: Forecast, fired: set[str],
             percent=(f.spent * 100 / budget.limit).quantize(Decimal("0.01")),
             metric=budget.metric, period_start=f.period_start, period_end=f.period_end,
             severity=severity_for(t), action=budget.actions.get("forecast", "alert"),
-            mode=budget.mode, emitted_at=now, predicted_spend=f.predicted_spend, predicted_lower=f.lower,
-            predicted_upper=f.upper, probability=p,
+            mode=budget.mode, emitted_at=now, predicted_spend=f.predicted_spend,
+            predicted_lower=f.lower, predicted_upper=f.upper, probability=p,
             projected_crossing_at=f.crossing_times.get(key)))
     return out
