@@ -154,8 +154,14 @@ def amount(metric: Metric, cost: Decimal, req: Request,
     return tokens
 
 
+def _over(r: Room, cost: Decimal, req: Request, policy: ValuePolicy | None) -> bool:
+    # an exhausted room takes nothing more, whatever the estimate: a request that names no
+    # tokens (estimate 0) must not pass a hard budget already at its limit
+    return r.checked and (r.remaining <= 0 or amount(r.metric, cost, req, policy) > r.remaining)
+
+
 def _fits(rooms: list[Room], cost: Decimal, req: Request, policy: ValuePolicy | None) -> bool:
-    return all(amount(r.metric, cost, req, policy) <= r.remaining for r in rooms if r.checked)
+    return not any(_over(r, cost, req, policy) for r in rooms)
 
 
 def _unchecked(rooms: list[Room]) -> str:
@@ -201,7 +207,7 @@ def decide(req: Request, rooms: list[Room], catalog: Catalog, at: datetime,
                             f"{req.model} would exceed the remaining budget; {name} fits"
                             + note, suggested_model=name, suggested_cost=c, rooms=rooms)
         break  # the cheapest does not fit, so none does
-    over = [r for r in rooms if r.checked and amount(r.metric, cost, req, policy) > r.remaining]
+    over = [r for r in rooms if _over(r, cost, req, policy)]
     if any(r.mode is Mode.hard for r in over):
         names = ", ".join(f"{r.budget_id}{'/' + r.pool if r.pool else ''}"
                           f"{'[' + r.key + ']' if r.key else ''}" for r in over)
@@ -248,10 +254,11 @@ def _choice(params: Mapping[str, Any], name: str, choices: tuple[str, ...],
     return str(value)
 
 
-def request_from(params: Mapping[str, Any],
-                 attributes: Mapping[str, Any] | None = None) -> Request:
+def request_from(params: Mapping[str, Any], attributes: Mapping[str, Any] | None = None,
+                 *, estimates_required: bool = False) -> Request:
     """A decision Request from query parameters or a JSON body (ValidationFailed with
-    reason bad_request saying which parameter is wrong)."""
+    reason bad_request saying which parameter is wrong; ``estimates_required``: the two
+    token estimates must be given, 0 included)."""
     attrs = dict(attributes or {})
     if len(attrs) > MAX_ATTRIBUTES or any(
             not isinstance(k, str) or not isinstance(v, str) or len(v) > MAX_ATTRIBUTE_CHARS
@@ -266,8 +273,8 @@ def request_from(params: Mapping[str, Any],
     req = Request(
         tenant_id=tenant, model=model,
         value_tier=_text(params, "value_tier") or "standard",
-        input_tokens=_count(params, "estimated_input_tokens"),
-        output_tokens=_count(params, "estimated_output_tokens"),
+        input_tokens=_count(params, "estimated_input_tokens", estimates_required),
+        output_tokens=_count(params, "estimated_output_tokens", estimates_required),
         project_id=_text(params, "project_id"), user_id=_text(params, "user_id"),
         feature=_text(params, "feature"), task_type=_text(params, "task_type"),
         service_tier=_choice(params, "service_tier", SERVICE_TIERS, "standard"),

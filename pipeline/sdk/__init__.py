@@ -13,8 +13,10 @@ splits writes by lifetime; ``anthropic_usage`` maps its usage object onto our fi
                  **anthropic_usage(resp.usage))
 
 Reservations hold an estimate against the tenant's budgets before a call (the worker's
-``POST /api/reservations``); events recorded inside the block carry its ``reservation_id``,
-which settles the hold at the actual cost, and leaving without an event releases it::
+``POST /api/reservations``); events recorded inside the block carry its ``reservation_id``
+and each takes its actual cost out of the hold; leaving the block releases the rest once
+those events are counted (at once when there were none). Inside ``meter_run`` the
+reservation names the run (``trace_id`` and ``attributes.run_id``, as the run's events do)::
 
     with UsageProducer("127.0.0.1:9092", api_url="http://127.0.0.1:6066") as meter:
         with meter.reserve(tenant_id="acme", model="gpt-4o", estimated_input_tokens=2000,
@@ -149,8 +151,10 @@ class AsyncUsageProducer:
                      **fields: Any) -> str:
         """Queue one usage event; returns its event_id (inside ``reserve``: it carries the
         reservation's id)."""
-        _stamp_reservation(fields)
+        held = _stamp_reservation(fields)
         event = self.build(tenant_id, provider, model, input_tokens, output_tokens, fields)
+        if held is not None:
+            held.events += 1  # valid, so it will be sent and counted against the hold
         buf = self._buffers.setdefault(tenant_id, [])
         buf.append(event)
         if len(buf) >= self.batch_size:
@@ -211,10 +215,13 @@ class UsageProducer:
                input_tokens: int | None = None, output_tokens: int | None = None,
                **fields: Any) -> str:
         """Queue one usage event; returns its event_id (raises ValidationFailed if invalid)."""
-        _stamp_reservation(fields)  # here: the loop thread does not see the caller's context
-        return str(self._call(self._async.record(tenant_id=tenant_id, provider=provider,
-                                                 model=model, input_tokens=input_tokens,
-                                                 output_tokens=output_tokens, **fields)))
+        held = _stamp_reservation(fields)  # here: the loop thread does not see the context
+        event_id = str(self._call(self._async.record(tenant_id=tenant_id, provider=provider,
+                                                     model=model, input_tokens=input_tokens,
+                                                     output_tokens=output_tokens, **fields)))
+        if held is not None:
+            held.events += 1
+        return event_id
 
     def reserve(self, *, tenant_id: str, model: str, estimated_input_tokens: int,
                 estimated_output_tokens: int, **params: Any) -> Reservation:
@@ -249,11 +256,17 @@ class UsageProducer:
 def decide(base_url: str, *, tenant_id: str, model: str, estimated_input_tokens: int,
            estimated_output_tokens: int, value_tier: str = "standard",
            api_token: str | None = None, timeout: float = 2.0, **scope: str) -> dict[str, Any]:
-    """Ask a worker for an admission decision (allow / downgrade / deny)."""
+    """Ask a worker for an admission decision (allow / downgrade / deny); inside
+    ``meter_run`` it names the run."""
+    named: dict[str, Any] = dict(scope)
+    run = current_run()
+    if run:
+        named["trace_id"] = named.get("trace_id") or run
+        named.setdefault("attr.run_id", run)
     query = urllib.parse.urlencode({
         "tenant_id": tenant_id, "model": model, "value_tier": value_tier,
         "estimated_input_tokens": estimated_input_tokens,
-        "estimated_output_tokens": estimated_output_tokens, **scope})
+        "estimated_output_tokens": estimated_output_tokens, **named})
     headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
     req = urllib.request.Request(f"{base_url.rstrip('/')}/api/decision?{query}",  # noqa: S310
                                  headers=headers)
@@ -266,12 +279,15 @@ _current: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(
     "tokenmeter_reservation", default=None)
 
 
-def _stamp_reservation(fields: dict[str, Any]) -> None:
-    """Inside ``with reserve(...)``: the event carries the reservation's id."""
+def _stamp_reservation(fields: dict[str, Any]) -> Reservation | None:
+    """Inside ``with reserve(...)``: the event carries the reservation's id; the
+    reservation, to count the event once it is queued (None outside a block)."""
     r = _current.get()
     if r is not None and r.reservation_id and "reservation_id" not in fields:
         fields["reservation_id"] = r.reservation_id
         r.used = True
+        return r
+    return None
 
 
 def _call_api(method: str, url: str, body: dict[str, Any] | None, api_token: str | None,
@@ -297,8 +313,8 @@ def _call_api(method: str, url: str, body: dict[str, Any] | None, api_token: str
 
 
 class Reservation:
-    """An answer of POST /api/reservations; a context manager that releases the hold on
-    exit unless an event recorded inside carried its id (that event settles it)."""
+    """An answer of POST /api/reservations; a context manager whose events take their
+    actual cost out of the hold, and whose exit releases the rest once they are counted."""
 
     def __init__(self, answer: dict[str, Any], base_url: str, api_token: str | None,
                  timeout: float) -> None:
@@ -309,17 +325,23 @@ class Reservation:
         self.model: str = (answer.get("suggested_model") or answer["model"]
                            if self.decision == "downgrade" else answer["model"])
         self.used = False
+        self.events = 0  # events queued inside the block with this reservation's id
         self._url = base_url.rstrip("/")
         self._token = api_token
         self._timeout = timeout
         self._tenant = answer.get("tenant_id", "")
         self._reset: contextvars.Token[Reservation | None] | None = None
 
-    def release(self) -> bool:
-        """Release the hold now; False when none was open (settled, expired, released)."""
+    def release(self, after_events: int | None = None) -> bool:
+        """Release the hold now, or once ``after_events`` events with its id are counted
+        (the worker keeps it for calls in flight); False when none was open (used up,
+        expired, released)."""
         if not self.reservation_id:
             return False
-        query = urllib.parse.urlencode({"tenant_id": self._tenant})
+        params: dict[str, Any] = {"tenant_id": self._tenant}
+        if after_events:
+            params["after_events"] = after_events
+        query = urllib.parse.urlencode(params)
         rid = urllib.parse.quote(self.reservation_id, safe="")
         try:
             _call_api("DELETE", f"{self._url}/api/reservations/{rid}?{query}", None,
@@ -336,15 +358,21 @@ class Reservation:
         if self._reset is not None:
             _current.reset(self._reset)
             self._reset = None
-        if not self.used:
-            self.release()
+        # the events queued inside reach the worker after this call, maybe: it ends the
+        # hold when it has counted them, so a call still reporting stays held
+        self.release(after_events=self.events)
 
 
 def reserve(base_url: str, *, tenant_id: str, model: str, estimated_input_tokens: int,
             estimated_output_tokens: int, api_token: str | None = None, timeout: float = 5.0,
             **params: Any) -> Reservation:
     """POST /api/reservations: hold an estimate (other decision parameters, ``attributes``
-    and ``ttl_s`` as keywords)."""
+    and ``ttl_s`` as keywords); inside ``meter_run`` it names the run as its events do
+    (``trace_id`` and ``attributes.run_id``, unless given), so run budgets apply."""
+    run = current_run()
+    if run:
+        params["trace_id"] = params.get("trace_id") or run
+        params["attributes"] = {"run_id": run, **(params.get("attributes") or {})}
     body = {"tenant_id": tenant_id, "model": model,
             "estimated_input_tokens": estimated_input_tokens,
             "estimated_output_tokens": estimated_output_tokens, **params}
@@ -355,7 +383,7 @@ def reserve(base_url: str, *, tenant_id: str, model: str, estimated_input_tokens
 
 
 # at the end: the wrappers import anthropic_usage from this module
-from pipeline.sdk.instrument import CallMeter, instrument, meter_run  # noqa: E402
+from pipeline.sdk.instrument import CallMeter, current_run, instrument, meter_run  # noqa: E402
 
 __all__ = ["AsyncUsageProducer", "CallMeter", "Reservation", "UsageProducer",
            "anthropic_usage", "decide", "instrument", "meter_run", "reserve"]

@@ -309,9 +309,15 @@ _RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("tokenmeter_ru
                                                                    default=None)
 
 
+def current_run() -> str | None:
+    """The run id of the innermost ``meter_run`` (None outside one)."""
+    return _RUN.get()
+
+
 @contextmanager
 def meter_run(run_id: str) -> Iterator[str]:
-    """Every instrumented call inside carries ``run_id`` (trace_id and attributes.run_id)."""
+    """Every instrumented call inside carries ``run_id`` (trace_id and attributes.run_id),
+    and so do ``reserve`` and ``decide`` (the run's budgets apply to them)."""
     token = _RUN.set(run_id)
     try:
         yield run_id

@@ -1,9 +1,12 @@
-"""The Watcher that settles reservation holds when their usage events are counted.
+"""The Watcher that takes counted usage events out of their reservation holds.
 
 The Processor calls it in ``stage``, under its lock, right after budgets counted the batch:
-an event's spend and the release of its hold change in the same locked step, so a
-reservation answered in between never sees the amount twice or not at all. An event whose
-reservation_id has no hold here (expired, released, or held by another worker) just counts.
+an event's spend goes in and the same amount of its hold comes out in the same locked step,
+so a reservation answered in between never sees the amount twice or not at all. A hold
+stays while its block's calls report (each event takes its actual amount out of it) and
+ends when it is used up, when the events its holder released it after are counted, or at
+its TTL. An event whose reservation_id has no hold here (ended, expired, or held by another
+worker) just counts.
 """
 
 from __future__ import annotations
@@ -18,18 +21,23 @@ from pipeline.core.reservations import HoldBook
 
 
 class HoldWatcher:
-    """Settles the holds of counted events and expires holds past their TTL."""
+    """Spends the holds of counted events and expires holds past their TTL."""
 
     def __init__(self, book: HoldBook) -> None:
         self.book = book
-        self.settled = 0
+        self.spent = 0  # events taken out of an open hold
+        self.settled = 0  # holds ended by their events
         self.expired = 0
 
     async def observe(self, fresh: list[PricedUsage], now: datetime) -> list[BudgetBreach]:
-        """Release the holds the batch's events settle; never raises a breach."""
+        """Take the batch's events out of their holds; never raises a breach."""
         for p in fresh:
-            if p.reservation_id and self.book.settle(p.reservation_id) is not None:
-                self.settled += 1
+            if not p.reservation_id:
+                continue
+            after = self.book.spend(p)
+            if after is not None:
+                self.spent += 1
+                self.settled += after.reservation_id not in self.book.holds
         if self.book.holds:
             self.expired += len(self.book.expire(now))
         return []

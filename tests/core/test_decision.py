@@ -63,3 +63,19 @@ def test_estimate_uses_catalog() -> None:
 def test_applies(kw: dict, ok: bool) -> None:
     b = Budget.model_validate({"budget_id": "b", "tenant_id": "acme", "limit": "1", **kw})
     assert applies(b, REQ, {"gpt-4o"}) is ok
+
+
+@pytest.mark.parametrize("tokens", [(0, 0), (1, 0)])
+def test_an_exhausted_hard_room_denies_whatever_the_estimate(tokens: tuple[int, int]) -> None:
+    # #18 review 7: a request naming no tokens (estimate $0) passed a hard budget at its
+    # limit (0 <= remaining 0)
+    req = Request("acme", "gpt-4o", "standard", *tokens)
+    for spent in ("10", "12.5"):
+        d = decide(req, [room("10", spent, Mode.hard)], CAT, AT)
+        assert d.decision == "deny" and "hard budget exhausted: b1" in d.reason
+    full = Room("b1", "", D(10), D(6), Mode.hard, Metric.cost, held=D(4))  # by holds
+    assert decide(req, [full], CAT, AT).decision == "deny"
+    # room left: a zero estimate fits; an exhausted soft room alerts only
+    assert decide(req, [room("10", "9.99", Mode.hard)], CAT, AT).decision == "allow"
+    soft = decide(req, [room("10", "10")], CAT, AT)
+    assert soft.decision == "allow" and "over a soft budget" in soft.reason

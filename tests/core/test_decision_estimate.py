@@ -112,8 +112,21 @@ def test_request_from_query_and_body() -> None:
     body = {"tenant_id": "acme", "model": "gpt-4o", "estimated_input_tokens": 100,
             "estimated_output_tokens": 5}
     assert request_from(body).value_tier == "standard"
-    # the old API's defaults: missing estimates are 0
+    # the old API's defaults: missing estimates are 0 (GET /api/decision)
     assert request_from({"tenant_id": "acme", "model": "gpt-4o"}).input_tokens == 0
+
+
+def test_reservations_must_give_both_estimates() -> None:
+    # #18 review 7: a reservation without estimates held nothing; 0 said outright is fine
+    base = {"tenant_id": "acme", "model": "gpt-4o"}
+    for missing in ("estimated_input_tokens", "estimated_output_tokens"):
+        given = {k: 10 for k in ("estimated_input_tokens", "estimated_output_tokens")
+                 if k != missing}
+        with pytest.raises(ValidationFailed, match=f"missing parameter {missing}"):
+            request_from(base | given, estimates_required=True)
+    zero = request_from(base | {"estimated_input_tokens": 0, "estimated_output_tokens": 0},
+                        estimates_required=True)
+    assert (zero.input_tokens, zero.output_tokens) == (0, 0)
 
 
 @pytest.mark.parametrize("params, message", [

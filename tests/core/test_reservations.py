@@ -10,7 +10,8 @@ import pytest
 from pipeline.core.budgets import Metric, Mode
 from pipeline.core.catalog import load_catalog
 from pipeline.core.decision import Request, Room, decide
-from pipeline.core.reservations import HoldBook, hold_amounts, ttl
+from pipeline.core.events import PricedUsage
+from pipeline.core.reservations import HEAP_SLACK, HoldBook, hold_amounts, hold_metrics, ttl
 from pipeline.errors import ValidationFailed
 from tests.helpers import NOW
 
@@ -61,6 +62,77 @@ def test_open_holds_are_bounded() -> None:
         book.hold("c", "t", {WHOLE: D(1)}, NOW)
 
 
+def test_the_expiry_heap_stays_bounded_by_the_open_holds() -> None:
+    # #18 review 6: used or released holds stayed in the heap until their TTL (300,001
+    # entries, 56.6 MiB for 300 reservations/s at ttl_s=3600 with one hold open)
+    book = HoldBook()
+    book.hold("pinned", "acme", {WHOLE: D("0.01")}, NOW + timedelta(seconds=3600))
+    for i in range(20_000):
+        now = NOW + timedelta(milliseconds=i * 3)
+        book.hold(f"r{i}", "acme", {RUN: D("0.01")}, now + timedelta(seconds=3600))
+        book.settle(f"r{i}")
+        book.expire(now)
+        assert len(book._expiry) <= 2 * 2 + HEAP_SLACK  # at most 2 holds open at once
+    # rebuilt, the heap still expires each open hold at its own TTL
+    book.hold("short", "acme", {WHOLE: D(1)}, NOW + timedelta(seconds=10))
+    assert [h.reservation_id for h in book.expire(NOW + timedelta(seconds=11))] == ["short"]
+    assert [h.reservation_id for h in book.expire(NOW + timedelta(seconds=3600))] == ["pinned"]
+    assert book.holds == {} and book.held(WHOLE) == 0
+
+
+def usage(rid: str, cost: str, tokens: int) -> PricedUsage:
+    return PricedUsage(event_id=f"e-{rid}-{cost}", timestamp=NOW, tenant_id="acme",
+                       provider="openai", model="gpt-4o", input_tokens=tokens,
+                       output_tokens=0, reservation_id=rid, total_cost=D(cost))
+
+
+TOKENS = ("tok", "", "")
+
+
+def test_each_event_takes_its_actual_amount_out_of_its_hold() -> None:
+    # #18 review 8c: a block of several calls stays held after its first call's event
+    book = HoldBook()
+    book.hold("r", "acme", {WHOLE: D("0.30"), TOKENS: D(3000)}, NOW + timedelta(seconds=60),
+              {WHOLE: Metric.cost, TOKENS: Metric.tokens})
+    after = book.spend(usage("r", "0.10", 1000))
+    assert after is not None and after.events == 1 and "r" in book.holds
+    assert (book.held(WHOLE), book.held(TOKENS)) == (D("0.20"), D(2000))
+    assert book.spend(usage("r", "0.15", 1000)) is not None
+    assert (book.held(WHOLE), book.held(TOKENS)) == (D("0.05"), D(1000))
+    # the third call costs more than is left of the cost room: that room is used up, the
+    # tokens room still holds its rest; the fourth uses up both and ends the hold
+    book.spend(usage("r", "0.10", 500))
+    assert book.holds["r"].amounts == {TOKENS: D(500)} and book.held(WHOLE) == 0
+    ended = book.spend(usage("r", "0.01", 600))
+    assert ended is not None and ended.events == 4 and ended.amounts == {}
+    assert book.holds == {} and book.held(TOKENS) == 0
+    assert book.spend(usage("r", "0.01", 1)) is None  # later events just count
+    assert book.spend(usage("other", "0.01", 1)) is None
+
+
+def test_release_after_the_events_in_flight() -> None:
+    book = HoldBook()
+    book.hold("r", "acme", {WHOLE: D("0.30")}, NOW + timedelta(seconds=60))
+    # the holder left its block after two calls, before either event was counted
+    waiting = book.release("r", after_events=2)
+    assert waiting is not None and waiting.release_after == 2 and book.held(WHOLE) == D("0.30")
+    book.spend(usage("r", "0.10", 1))
+    assert book.held(WHOLE) == D("0.20")  # the second call is still held
+    ended = book.spend(usage("r", "0.05", 1))
+    assert ended is not None and book.holds == {} and book.held(WHOLE) == 0
+    # events counted before the release: it ends at once; no count: at once too
+    book.hold("s", "acme", {WHOLE: D("0.30")}, NOW + timedelta(seconds=60))
+    book.spend(usage("s", "0.10", 1))
+    assert book.release("s", after_events=1) is not None and book.holds == {}
+    book.hold("t", "acme", {WHOLE: D("0.30")}, NOW + timedelta(seconds=60))
+    assert book.release("t") is not None and book.held(WHOLE) == 0
+    assert book.release("t") is None
+    # a waiting hold still ends at its TTL when an event never comes
+    book.hold("u", "acme", {WHOLE: D("0.30")}, NOW + timedelta(seconds=60))
+    book.release("u", after_events=1)
+    assert [h.reservation_id for h in book.expire(NOW + timedelta(seconds=60))] == ["u"]
+
+
 @pytest.mark.parametrize("asked, seconds", [(None, 120), (1, 1), (3600, 3600), (0.5, 0.5)])
 def test_ttl_default_and_bounds(asked: float | None, seconds: float) -> None:
     assert ttl(asked, 120, 3600) == timedelta(seconds=seconds)
@@ -87,6 +159,7 @@ def test_allow_holds_the_estimate_in_every_checked_room() -> None:
     d = decide(REQ, rooms("0.5"), CAT, NOW)
     assert d.decision == "allow" and d.estimated_cost == D("0.35")
     assert hold_amounts(d, REQ) == {("b1", "", ""): D("0.35"), ("tok", "", ""): D(110_000)}
+    assert hold_metrics(d) == {("b1", "", ""): Metric.cost, ("tok", "", ""): Metric.tokens}
 
 
 def test_holds_make_the_room_smaller() -> None:

@@ -1,8 +1,9 @@
-"""Reservation holds settle in the Processor's locked stage, on the in-memory doubles.
+"""Reservation holds are spent in the Processor's locked stage, on the in-memory doubles.
 
-An event carrying reservation_id releases its hold in the same step that counts its spend:
-a room read under the lock before the batch sees the hold, after it the spend, never both
-or neither. The decision helper of the web layer (decide_now) reads rooms and holds and
+An event carrying reservation_id takes its actual amount out of its hold in the same step
+that counts its spend: a room read under the lock before the batch sees the hold, after it
+the spend, never both or neither. The hold stays for the block's next calls until it is
+used up, released (after the events its holder recorded), or expired. The decision helper of the web layer (decide_now) reads rooms and holds and
 places the hold under that lock; template budgets answer for the key the caller names.
 """
 
@@ -20,7 +21,7 @@ import pytest
 from pipeline.core.budgets import Budget
 from pipeline.core.catalog import load_catalog
 from pipeline.core.decision import Decision, Request
-from pipeline.core.reservations import HoldBook, hold_amounts
+from pipeline.core.reservations import HoldBook, hold_amounts, hold_metrics
 from pipeline.stream.holds import HoldWatcher, hold_book_of
 from pipeline.stream.live import LiveState
 from pipeline.stream.processor import Processor, RawMessage
@@ -58,7 +59,8 @@ def reserve(runtime: Any, holds: HoldBook, req: Request, rid: str) -> Decision:
     async def go() -> Decision:
         def hold(d: Decision) -> None:
             if d.decision != "deny":
-                holds.hold(rid, req.tenant_id, hold_amounts(d, req), NOW + timedelta(minutes=2))
+                holds.hold(rid, req.tenant_id, hold_amounts(d, req), NOW + timedelta(minutes=2),
+                           hold_metrics(d))
         status, (decision, _) = await decide_now(runtime, req, NOW, holds, then=hold)
         assert status == 200
         return decision
@@ -68,7 +70,14 @@ def reserve(runtime: Any, holds: HoldBook, req: Request, rid: str) -> Decision:
 REQ = Request("acme", "gpt-4o", "standard", 100_000, 0)  # $0.25
 
 
-def test_an_event_settles_its_hold_in_the_step_that_counts_it() -> None:
+def reserve_room(runtime: Any, holds: HoldBook) -> tuple[Decimal, Decimal]:
+    """(spent, held) of b1's room, read by a zero-token reservation (it holds nothing)."""
+    d = reserve(runtime, holds, Request("acme", "gpt-4o", "standard", 0, 0), "probe")
+    holds.settle("probe")
+    return d.rooms[0].spent, d.rooms[0].held
+
+
+def test_an_event_spends_its_hold_in_the_step_that_counts_it() -> None:
     proc, holds, runtime = rig()
     assert hold_book_of(proc.watchers) is holds
     asyncio.run(proc.budget_changed("b1", budget("b1")))
@@ -76,9 +85,13 @@ def test_an_event_settles_its_hold_in_the_step_that_counts_it() -> None:
     assert first.decision == "allow"
     second = reserve(runtime, holds, REQ, "r2")
     assert (second.rooms[0].spent, second.rooms[0].held) == (0, Decimal("0.25"))
-    # r1's event: its spend (a little under the estimate) in, its hold out, one stage
+    # r1's event: its spend (a little under the estimate) in, as much of its hold out, in
+    # one stage; the rest stays held for the block's next call
     asyncio.run(proc.process([event(1, 80_000, reservation_id="r1")]))
-    assert set(holds.holds) == {"r2"}
+    assert holds.holds["r1"].amounts == {("b1", "", ""): Decimal("0.05")}
+    assert holds.held(("b1", "", "")) == Decimal("0.30")
+    # the block ends after that one call: the rest is released
+    assert holds.release("r1", after_events=1) is not None and set(holds.holds) == {"r2"}
     third = reserve(runtime, holds, REQ, "r3")
     room = third.rooms[0]
     assert (room.spent, room.held) == (Decimal("0.20"), Decimal("0.25"))
@@ -117,3 +130,27 @@ def test_a_template_answers_for_the_key_the_caller_names() -> None:
                       "r2")
     assert unnamed.decision == "allow" and "could not be checked" in unnamed.reason
     assert holds.holds["r2"].amounts == {}
+
+
+def test_a_block_of_calls_stays_held_until_its_last_event() -> None:
+    # #18 review 8c: every event of a reserve block carries its reservation_id; the first
+    # one released the whole hold, so the block's later calls ran unheld
+    proc, holds, runtime = rig()
+    asyncio.run(proc.budget_changed("b1", budget("b1")))
+    assert reserve(runtime, holds, REQ, "r1").decision == "allow"  # holds 0.25
+    room = ("b1", "", "")
+    asyncio.run(proc.process([event(1, 40_000, reservation_id="r1")]))  # 0.10
+    assert holds.held(room) == Decimal("0.15")  # the rest, for the block's next call
+    assert reserve_room(runtime, holds) == (Decimal("0.10"), Decimal("0.15"))
+    # the block left after two calls, before the second one's event was counted
+    assert holds.release("r1", after_events=2) is not None and "r1" in holds.holds
+    asyncio.run(proc.process([event(2, 40_000, reservation_id="r1")]))
+    assert holds.holds == {} and reserve_room(runtime, holds) == (Decimal("0.20"), 0)
+
+
+def test_an_event_over_its_estimate_uses_up_the_hold() -> None:
+    proc, holds, runtime = rig()
+    asyncio.run(proc.budget_changed("b1", budget("b1")))
+    reserve(runtime, holds, REQ, "r1")
+    asyncio.run(proc.process([event(1, 120_000, reservation_id="r1")]))  # 0.30 > 0.25
+    assert holds.holds == {} and reserve_room(runtime, holds) == (Decimal("0.30"), 0)
