@@ -44,19 +44,23 @@ system-deps: ## apt-install kcat and chromium when missing (interop and browser 
 	    $(SUDO) apt-get install -y -qq --no-install-recommends kcat chromium >/dev/null; \
 	fi
 
+# both cores, a test module per process at a time (its broker, chDB and worker fixtures
+# stay in one process); XDIST= runs the suite in one process
+XDIST ?= -n 2 --dist loadfile
+
 test: $(STAMP) system-deps $(CHART) ## install, then run the suite (and the date-sensitive tests at pinned clocks)
-	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(XDIST) $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-clocks
 
 # the date-sensitive tests again at a month's first minutes, a year's last, and DST changes
 test-clocks: $(STAMP) ## run the date-sensitive tests at each instant of tests.helpers.CLOCKS
 	@for t in $$($(PY) -c 'from tests.helpers import CLOCKS; print(*CLOCKS)'); do \
 	  echo "clock pinned at $$t"; \
-	  TOKENMETER_TEST_NOW=$$t $(PY) -m pytest -q -m clock $(PYTEST_ARGS) || exit 1; \
+	  TOKENMETER_TEST_NOW=$$t $(PY) -m pytest -q -m clock $(XDIST) $(PYTEST_ARGS) || exit 1; \
 	done
 	@for t in $$($(PY) -c 'from tests.helpers import CLOCKS; print(*CLOCKS[:2])'); do \
 	  echo "clock pinned at $$t (worker tests)"; \
-	  TOKENMETER_TEST_NOW=$$t $(PY) -m pytest -q -m clock_worker $(PYTEST_ARGS) || exit 1; \
+	  TOKENMETER_TEST_NOW=$$t $(PY) -m pytest -q -m clock_worker $(XDIST) $(PYTEST_ARGS) || exit 1; \
 	done
 
 lint: $(STAMP) ## ruff and mypy --strict
