@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline.core.budgets import Budget
+from pipeline.delivery.webhooks import public_budget
 from pipeline.settings import TOPIC_BUDGETS, Settings
 from pipeline.store.sink import Sink
 from pipeline.stream.processor import Processor
@@ -26,7 +27,10 @@ def budget_row(budget_id: str, budget: Budget | None, at: datetime) -> list[Any]
     """One row of the ClickHouse `budgets` mirror (a deletion is a row with deleted=1)."""
     if budget is None:
         return [budget_id, "", "", "", "", 0, "", "", True, at]
-    return [budget.budget_id, budget.tenant_id, budget.model_dump_json(), budget.period.value,
+    # analysts read the mirror (POST /api/query): webhook URLs masked, a Slack path is a
+    # credential; the workers take budgets from the topic, never from this column
+    spec = json.dumps(public_budget(budget), separators=(",", ":"))
+    return [budget.budget_id, budget.tenant_id, spec, budget.period.value,
             budget.metric.value, budget.limit, budget.mode.value, budget.timezone, False, at]
 
 
