@@ -34,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import logging
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -48,6 +50,8 @@ from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.validate import validate_event
 from pipeline.errors import PricingError, ValidationFailed
 from pipeline.stream.topics import PRODUCER_SIZES
+
+log = logging.getLogger(__name__)
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -348,6 +352,11 @@ class Reservation:
                       self._token, self._timeout)
         except ValidationFailed:
             return False
+        except OSError as exc:  # HTTPError, URLError, timeouts: the call was already paid for
+            # never raise out of the caller's block over this: the hold ends at its TTL
+            log.warning("could not release reservation %s (%s); it expires at its TTL",
+                        self.reservation_id, exc)
+            return False
         return True
 
     def __enter__(self) -> Reservation:
@@ -377,9 +386,29 @@ def reserve(base_url: str, *, tenant_id: str, model: str, estimated_input_tokens
             "estimated_input_tokens": estimated_input_tokens,
             "estimated_output_tokens": estimated_output_tokens, **params}
     query = urllib.parse.urlencode({"tenant_id": tenant_id})  # routes to the owning worker
-    answer = _call_api("POST", f"{base_url.rstrip('/')}/api/reservations?{query}", body,
-                       api_token, timeout)
+    url = f"{base_url.rstrip('/')}/api/reservations?{query}"
+    for attempt in range(RESERVE_ATTEMPTS):
+        try:
+            answer = _call_api("POST", url, body, api_token, timeout)
+            break
+        except urllib.error.HTTPError as exc:
+            # 503: the tenant's owner is not known yet or moving (a rebalance, a worker
+            # starting): worth the short wait it asks for; anything else is the caller's
+            if exc.code != 503 or attempt == RESERVE_ATTEMPTS - 1:
+                raise
+            time.sleep(_retry_after(exc))
     return Reservation(answer, base_url, api_token, timeout)
+
+
+RESERVE_ATTEMPTS = 4  # a 503 answer is retried up to 3 times, after its Retry-After
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float:
+    """The wait a 503 asks for, in seconds (1 when it names none; at most 5)."""
+    try:
+        return min(5.0, max(0.0, float(exc.headers.get("Retry-After", "1"))))
+    except (TypeError, ValueError):
+        return 1.0
 
 
 # at the end: the wrappers import anthropic_usage from this module

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import urllib.error
 import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -27,10 +28,17 @@ ALLOW = {"decision": "allow", "model": "gpt-4o", "reservation_id": "r-1", "tenan
 
 class Worker(BaseHTTPRequestHandler):
     seen: list[tuple[str, str, Any]] = []
+    script: list[int] = []  # statuses to answer first, in turn (then each route's own)
 
     def answer(self, status: int, body: dict[str, Any]) -> None:
+        if self.script:
+            status = self.script.pop(0)
+            if status != 200:
+                body = {"error": "the owner of tenant acme is not known yet, retry"}
         out = json.dumps(body).encode()
         self.send_response(status)
+        if status == 503:
+            self.send_header("Retry-After", "0")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
         self.end_headers()
@@ -53,10 +61,14 @@ class Worker(BaseHTTPRequestHandler):
         pass
 
 
+SCRIPT: list[int] = []
+
+
 @pytest.fixture
 def worker() -> Iterator[tuple[str, list[tuple[str, str, Any]]]]:
     seen: list[tuple[str, str, Any]] = []
-    handler = type("W", (Worker,), {"seen": seen})
+    SCRIPT.clear()
+    handler = type("W", (Worker,), {"seen": seen, "script": SCRIPT})
     srv = HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -145,3 +157,37 @@ def test_leaving_a_block_releases_after_its_events(worker: Any) -> None:
     seen.clear()
     asyncio.run(block(0))
     assert deletes(seen) == [{"tenant_id": ["acme"]}]  # no event: released at once
+
+
+def test_a_503_while_the_owner_is_not_known_is_retried(worker: Any) -> None:
+    url, seen = worker
+    SCRIPT.extend([503, 503])
+    r = reserve(url, tenant_id="acme", model="gpt-4o", estimated_input_tokens=10,
+                estimated_output_tokens=5)
+    assert r.reservation_id == "r-1"
+    assert [m for m, _, _ in seen] == ["POST", "POST", "POST"]
+
+
+def test_a_503_that_lasts_is_raised(worker: Any) -> None:
+    url, seen = worker
+    SCRIPT.extend([503] * 10)
+    with pytest.raises(urllib.error.HTTPError):
+        reserve(url, tenant_id="acme", model="gpt-4o", estimated_input_tokens=10,
+                estimated_output_tokens=5)
+    assert len(seen) == 4
+
+
+def test_leaving_a_block_never_raises_when_the_release_fails(worker: Any) -> None:
+    url, seen = worker
+    r = reserve(url, tenant_id="acme", model="gpt-4o", estimated_input_tokens=10,
+                estimated_output_tokens=5)
+    SCRIPT.append(503)
+    with r:
+        pass  # the model call was made and paid for: its result must reach the caller
+    assert [m for m, _, _ in seen] == ["POST", "DELETE"]
+    gone = reserve(url, tenant_id="acme", model="gpt-4o", estimated_input_tokens=10,
+                   estimated_output_tokens=5)
+    gone._url = "http://127.0.0.1:9"  # nothing listens there: connection refused
+    with gone:
+        pass
+    assert gone.release() is False
