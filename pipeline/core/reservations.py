@@ -108,7 +108,9 @@ class HoldBook:
         ``events`` counted; not in ``holds`` when it ended), or None when there is none."""
         rid = event.reservation_id
         h = self.holds.get(rid) if rid else None
-        if h is None:
+        if h is None or h.tenant_id != event.tenant_id:
+            # another tenant's event naming this id (a typo, a shared SDK block) is counted
+            # as that tenant's spend; it must not free this tenant's room
             return None
         left: dict[RoomId, Decimal] = {}
         for room, value in h.amounts.items():

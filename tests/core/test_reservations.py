@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from decimal import Decimal as D
 
@@ -108,6 +109,14 @@ def test_each_event_takes_its_actual_amount_out_of_its_hold() -> None:
     assert book.holds == {} and book.held(TOKENS) == 0
     assert book.spend(usage("r", "0.01", 1)) is None  # later events just count
     assert book.spend(usage("other", "0.01", 1)) is None
+
+
+def test_another_tenants_event_never_spends_a_hold() -> None:
+    book = HoldBook()
+    book.hold("r", "acme", {WHOLE: D(5)}, NOW + timedelta(seconds=60))
+    other = dataclasses.replace(usage("r", "5", 1), tenant_id="globex")
+    assert book.spend(other) is None
+    assert book.held(WHOLE) == D(5) and "r" in book.holds
 
 
 def test_release_after_the_events_in_flight() -> None:
