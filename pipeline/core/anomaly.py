@@ -119,43 +119,48 @@ MAX_HEAT_KEYS = 100_000  # keys of one template whose recent spend is remembered
 
 
 class KeyHeat:
-    """Recent spend per key of a template, decayed with a half-life: which key an anomaly of
-    the template's whole scope is mostly about (its breach names that key, and its actions
-    apply to that key only). A float heuristic of attribution, never money; bounded: keys
-    cold for eight half-lives are dropped, and over ``max_keys`` the colder half goes."""
+    """Recent calls and spend per key of a template, decayed with a half-life: which key an
+    anomaly of the template's whole scope is mostly about (its breach names that key, and its
+    actions apply to that key only). By calls when the call count fired, by spend when the
+    max_rate did: the same evidence that raised the alarm. A float heuristic of attribution,
+    never money; bounded: keys cold for eight half-lives are dropped, and over ``max_keys``
+    the colder half goes."""
 
     __slots__ = ("half_life_s", "max_keys", "heat")
 
     def __init__(self, half_life_s: int, max_keys: int = MAX_HEAT_KEYS) -> None:
         self.half_life_s = half_life_s
         self.max_keys = max_keys
-        self.heat: dict[str, tuple[float, float]] = {}  # key -> (heat, as of epoch seconds)
+        # key -> (calls, spend, as of epoch seconds)
+        self.heat: dict[str, tuple[float, float, float]] = {}
 
-    def _at(self, key: str, t: float) -> float:
-        h, t0 = self.heat[key]
-        return h * 2 ** (-(t - t0) / self.half_life_s) if t > t0 else h
+    def _at(self, key: str, t: float) -> tuple[float, float]:
+        calls, spend, t0 = self.heat[key]
+        f = 2 ** (-(t - t0) / self.half_life_s) if t > t0 else 1.0
+        return calls * f, spend * f
 
     def add(self, key: str, amount: Decimal, at: datetime) -> None:
-        """Count ``amount`` of ``key`` at ``at``."""
+        """Count one call of ``amount`` of ``key`` at ``at``."""
         t = (at - _EPOCH).total_seconds()
         if key in self.heat:
-            h, t0 = self._at(key, t), max(t, self.heat[key][1])
+            (calls, spend), t0 = self._at(key, t), max(t, self.heat[key][2])
         else:
-            h, t0 = 0.0, t
-        self.heat[key] = (h + float(amount), t0)
+            calls, spend, t0 = 0.0, 0.0, t
+        self.heat[key] = (calls + 1.0, spend + float(amount), t0)
         if len(self.heat) > self.max_keys:
             self.prune(at)
 
-    def top(self, now: datetime) -> str | None:
-        """The key with the most recent spend (None when none is remembered)."""
+    def top(self, now: datetime, by_spend: bool = False) -> str | None:
+        """The key with the most recent calls (or spend); None when none is remembered."""
         t = (now - _EPOCH).total_seconds()
-        return max(self.heat, key=lambda k: (self._at(k, t), k), default=None)
+        i = 1 if by_spend else 0
+        return max(self.heat, key=lambda k: (self._at(k, t)[i], k), default=None)
 
     def prune(self, now: datetime) -> None:
         """Drop cold keys; over ``max_keys``, the colder half."""
         t = (now - _EPOCH).total_seconds()
         cold = t - 8 * self.half_life_s
-        for k in [k for k, (_, t0) in self.heat.items() if t0 < cold]:
+        for k in [k for k, (_, _, t0) in self.heat.items() if t0 < cold]:
             del self.heat[k]
         if len(self.heat) > self.max_keys:
             ranked = sorted(self.heat, key=lambda k: self._at(k, t))

@@ -21,6 +21,7 @@ from pipeline.core.anomaly import (
     COOLDOWN_S,
     WEEKS,
     Baseline,
+    Cause,
     Episode,
     HourRow,
     KeyHeat,
@@ -175,7 +176,8 @@ class VelocityWatch:
         if result.fire is None or result.episode is None:
             return None
         heat = self.heat.get(b.budget_id)
-        key = (heat.top(now) if heat is not None else None) or ""
+        by_spend = result.fire.cause is Cause.max_rate  # attribute by what fired
+        key = (heat.top(now, by_spend) if heat is not None else None) or ""
         return anomaly_breach(b, result.fire, result.episode, now, trigger, key)
 
     # ----- baselines, off the hot path

@@ -303,14 +303,15 @@ def test_the_breach_carries_rate_baseline_score_and_window() -> None:
 
 # ----- which key of a template
 
-def test_key_heat_names_the_key_that_spent_most_recently() -> None:
+def test_key_heat_names_the_key_with_the_most_recent_calls_or_spend() -> None:
     heat = KeyHeat(60)
-    heat.add("run-old", D(100), at(0))  # much, but ten minutes ago: 2**-10 of it is left
-    heat.add("run-a", D(1), at(590))
-    heat.add("run-loop", D(3), at(595))
-    assert heat.top(at(600)) == "run-loop"
-    heat.add("run-a", D(5), at(600))
-    assert heat.top(at(600)) == "run-a"
+    for s in range(0, 40, 2):  # many calls, but ten minutes ago: 2**-10 of them are left
+        heat.add("run-old", D(1), at(s))
+    for s in range(560, 600, 2):  # the loop: 20 cheap calls in the last 40 s
+        heat.add("run-loop", D("0.002"), at(s))
+    heat.add("run-big", D("0.80"), at(595))  # one expensive call
+    assert heat.top(at(600)) == "run-loop"  # by calls: what the count score saw
+    assert heat.top(at(600), by_spend=True) == "run-big"  # by spend: what max_rate saw
     assert KeyHeat(60).top(at(0)) is None
 
 
