@@ -13,6 +13,7 @@ masked (a Slack webhook's path is its credential), and so are errors that quote 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,8 @@ DELIVERY_COLUMNS = ("breach_id", "url", "budget_id", "tenant_id", "format", "sta
 UNSIGNED_WARNING = ("webhooks are sent unsigned: set TOKENMETER_WEBHOOK_SECRET so receivers "
                     "can verify X-Tokenmeter-Signature")
 QUEUE_FULL = "not sent: the delivery queue was full ({n} breaches waiting)"
+STOPPED = "not sent: the worker stopped before its turn (replay the breach to send it)"
+STOP_TIMEOUT_S = 5.0  # how long a stopping worker goes on delivering what is queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,38 @@ class WebhookSender:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """Shut down: deliver for up to ``timeout_s``, then record what is still queued as
+        gave_up ("the worker stopped") and close the HTTP session; the breaches recorded so."""
+        left: list[tuple[BudgetBreach, Budget | None]] = []
+        if self._queue is not None:
+            try:
+                await asyncio.wait_for(self._queue.join(), timeout_s)
+            except TimeoutError:
+                pass
+            while not self._queue.empty():
+                left.append(self._queue.get_nowait())
+                self._queue.task_done()
+            for worker in self._workers:
+                worker.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            self._queue, self._workers = None, []
+        now = self.clock()
+        for breach, budget in left:
+            found = targets(budget, self.global_urls, self.global_format)
+            results = [self._result(breach, t, "gave_up", 0, None, STOPPED, now)
+                       for t in found]
+            with contextlib.suppress(Exception):  # logged there; shutdown goes on
+                await self._record(breach, results)
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        if left:
+            log.error("worker stopping: %d queued breach(es) not sent, recorded as gave_up",
+                      len(left))
+        return len(left)
 
     async def submit(self, breach: BudgetBreach, budget: Budget | None) -> bool:
         """Queue a breach for delivery in the background, never waiting; False when the

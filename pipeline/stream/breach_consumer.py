@@ -100,5 +100,12 @@ def wire_actions(app: Any, runtime: Any, breaches_topic: Any) -> ActionBook:
 
     app.timer(interval=settings.actions_refresh_s, on_leader=False)(reload_actions)
 
+    async def stop_delivery(sender_app: Any, **kwargs: Any) -> None:
+        # the breaches' offsets are committed: what is still queued is recorded as gave_up
+        # (a replay sends it), not silently lost with the event loop
+        await sender.stop()
+
+    app.on_before_shutdown.connect(stop_delivery)
+
     register_action_views(app, runtime, actions)
     return actions

@@ -351,3 +351,26 @@ def test_signatures_take_the_wall_clock_by_default() -> None:
     sender = WebhookSender(None, secret=None, global_urls=[],  # type: ignore[arg-type]
                            clock=lambda: NOW)
     assert sender.sign_clock is wall_clock and sender.clock() == NOW
+
+
+def test_a_stopping_worker_records_what_it_could_not_send(store: Store) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)  # an endpoint that hangs: one delivery takes the only slot
+        return web.Response(status=200)
+
+    async def scenario() -> int:
+        runner, base = await serve({"/slow": slow})
+        sender = WebhookSender(store, secret=None, global_urls=[f"{base}/slow"], policy=FAST,
+                               clock=lambda: NOW, concurrency=1, timeout_s=60)
+        try:
+            for i in range(3):
+                await sender.submit(breach(breach_id=f"{i}" * 32), None)
+            await asyncio.sleep(0.2)  # the first is in flight, two wait
+            return await sender.stop(timeout_s=0.2)
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(scenario()) == 2
+    rows = delivery_rows(store)
+    assert [(r[1], r[2]) for r in rows] == [("gave_up", 0), ("gave_up", 0)]
+    assert all("worker stopped" in r[4] for r in rows)
