@@ -8,15 +8,20 @@ from typing import Any
 
 from pipeline.core.anomaly import WEEKS, HourRow, hour_start
 from pipeline.store.client import Store
-from pipeline.store.ledger import METRIC_SQL, scope_where
+from pipeline.store.ledger import METRIC_SQL, key_column, scope_where
 
 
 def hourly_history(store: Store, budget: Any, hour: datetime,
                    weeks: int = WEEKS) -> list[HourRow]:
     """(UTC hour start, spend, calls) of a budget scope for every hour with calls in the
-    ``weeks`` weeks before ``hour``, one query (FINAL: a re-delivered event counts once)."""
+    ``weeks`` weeks before ``hour``, one query (FINAL: a re-delivered event counts once); a
+    template's scope holds only the events that carry its key."""
     start = hour_start(hour)
     where, params = scope_where(budget, start - timedelta(weeks=weeks), start)
+    if budget.each is not None:  # a template's scope: only the events that carry its key
+        column, extra = key_column(budget.each)
+        where += f" AND {column} != ''"
+        params.update(extra)
     rows = store.rows(
         "SELECT toStartOfHour(timestamp) AS h, "
         f"sum({METRIC_SQL[budget.metric.value]}), count() "

@@ -102,12 +102,14 @@ class VelocityWatch:
             for b in self._budgets_of(p.tenant_id):
                 if not b.anomaly.enabled or not b.matches(p):
                     continue
+                key = b.key_of(p)
+                if key is None:  # a template's event without its key: not under it at all
+                    continue
                 window = self._window(b)
                 amount = b.measure(p)
                 if window.add(p.timestamp, amount, now):
                     touched[b.budget_id] = p.event_id
-                    key = b.key_of(p)
-                    if b.each is not None and key:
+                    if key:
                         self._heat(b).add(key, amount, min(p.timestamp, now))
         out: list[BudgetBreach] = []
         for budget_id in list({*touched, *self.episodes}):

@@ -53,3 +53,18 @@ def test_hourly_history_reads_the_scopes_hours_of_the_past_weeks_once(store: Sto
     assert all(at.tzinfo is not None for at, _, _ in got)
     # the same hour of each week is a sample; the others only say since when the scope exists
     assert baseline_for(got, HOUR) == Baseline(Decimal(2), Decimal(251), 4)  # median of 101..401
+
+
+def test_a_templates_history_holds_only_events_with_its_key(store: Store) -> None:
+    runs = Budget.model_validate({"budget_id": "r", "tenant_id": "acme", "limit": "2",
+                                  "period": "run", "each": "trace_id", "metric": "tokens",
+                                  "anomaly": {"enabled": True}})
+    rows = []
+    for i, trace in enumerate(["run-1", None, "run-2", None, None]):
+        p = METER.meter_object({"event_id": f"t{i}", "tenant_id": "acme", "provider": "openai",
+                                "timestamp": (HOUR - timedelta(weeks=1, minutes=-i)).isoformat(),
+                                "model": "gpt-4o", "input_tokens": 10, "output_tokens": 0,
+                                **({"trace_id": trace} if trace else {})}, now=HOUR)
+        rows.append(usage_row(p, late=False, partition=0, offset=i, ingested_at=HOUR))
+    store.insert("usage_events", rows, USAGE_COLUMNS)
+    assert hourly_history(store, runs, HOUR) == [(HOUR - timedelta(weeks=1), Decimal(20), 2)]

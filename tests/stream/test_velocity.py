@@ -286,3 +286,20 @@ def test_an_episode_clears_on_the_timer_when_no_event_comes() -> None:
     run(scenario())
     assert [b for b, _ in rig.cleared] == ["velocity"] and not rig.watch.episodes
     assert len(rig.anomalies()) == 1  # a tick never fires
+
+
+def test_a_templates_window_counts_only_events_with_its_key() -> None:
+    runs = Budget.model_validate({
+        "budget_id": "velocity", "tenant_id": "acme", "metric": "tokens", "limit": "1e9",
+        "period": "run", "each": "trace_id", "anomaly": {"enabled": True, "floor": "100"}})
+    rig = Rig(usual_history, runs)
+
+    async def scenario() -> None:
+        await rig.start()
+        for _ in range(24):  # a burst of the tenant's other traffic: no trace_id
+            await rig.tick(RUNAWAY)
+        await rig.tick(ORDINARY, traces=["run-a"])
+
+    run(scenario())
+    assert rig.anomalies() == []
+    assert sum(rig.watch.windows["velocity"].calls.values()) == 1
