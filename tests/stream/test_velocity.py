@@ -102,10 +102,11 @@ class Rig:
                 if b["kind"] == "anomaly"]
 
 
-def tokens_budget(**anomaly: Any) -> Budget:
+def tokens_budget(period: str = "month", each: str | None = None, **anomaly: Any) -> Budget:
+    """The velocity budget in tokens (a run template with ``each``), anomaly settings as given."""
     return Budget.model_validate({
         "budget_id": "velocity", "tenant_id": "acme", "metric": "tokens", "limit": "1e9",
-        "anomaly": {"enabled": True, "floor": "100", **anomaly}})
+        "period": period, "each": each, "anomaly": {"enabled": True, "floor": "100", **anomaly}})
 
 
 ORDINARY = [80]  # one call of 80 tokens every 5 s: 12 calls and 960 tokens a minute, usual
@@ -255,10 +256,7 @@ def test_a_far_future_event_does_nothing() -> None:
 
 
 def test_a_template_anomaly_names_the_run_that_ran_away() -> None:
-    runs = Budget.model_validate({
-        "budget_id": "velocity", "tenant_id": "acme", "metric": "tokens", "limit": "1e9",
-        "period": "run", "each": "trace_id", "anomaly": {"enabled": True, "floor": "100"}})
-    rig = Rig(usual_history, runs)
+    rig = Rig(usual_history, tokens_budget(period="run", each="trace_id"))
 
     async def scenario() -> None:
         await rig.start()
@@ -289,10 +287,7 @@ def test_an_episode_clears_on_the_timer_when_no_event_comes() -> None:
 
 
 def test_a_templates_window_counts_only_events_with_its_key() -> None:
-    runs = Budget.model_validate({
-        "budget_id": "velocity", "tenant_id": "acme", "metric": "tokens", "limit": "1e9",
-        "period": "run", "each": "trace_id", "anomaly": {"enabled": True, "floor": "100"}})
-    rig = Rig(usual_history, runs)
+    rig = Rig(usual_history, tokens_budget(period="run", each="trace_id"))
 
     async def scenario() -> None:
         await rig.start()
