@@ -94,6 +94,15 @@ class ForecastSettings(BaseModel):
         return v
 
 
+def measure(metric: Metric, event: PricedUsage) -> Decimal:
+    """An event's amount in a metric: its cost, its tokens, or its value units."""
+    if metric is Metric.cost:
+        return event.total_cost
+    if metric is Metric.tokens:
+        return Decimal(event.input_tokens + event.output_tokens)
+    return event.value_units
+
+
 class Budget(BaseModel):
     """A spend limit for a tenant (optionally scoped), per calendar period."""
 
@@ -255,11 +264,7 @@ class Budget(BaseModel):
 
     def measure(self, event: PricedUsage) -> Decimal:
         """The event's amount in this budget's metric."""
-        if self.metric is Metric.cost:
-            return event.total_cost
-        if self.metric is Metric.tokens:
-            return Decimal(event.input_tokens + event.output_tokens)
-        return event.value_units
+        return measure(self.metric, event)
 
     def pool_limit(self, pool: str) -> Decimal:
         """Limit of one pool ("" is the whole budget)."""

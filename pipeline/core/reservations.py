@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from pipeline.core.budgets import Metric
+from pipeline.core.budgets import Metric, measure
 from pipeline.core.decision import Decision, Request, amount
 from pipeline.core.events import PricedUsage
 from pipeline.core.scoring import ValuePolicy
@@ -45,15 +45,6 @@ class Hold:
     events: int = 0  # usage events counted against it so far
     # the holder released it after this many events: it ends when they are counted
     release_after: int | None = None
-
-
-def measure(metric: Metric, event: PricedUsage) -> Decimal:
-    """An event's amount in a metric (what Budget.measure counts for a budget)."""
-    if metric is Metric.cost:
-        return event.total_cost
-    if metric is Metric.tokens:
-        return Decimal(event.input_tokens + event.output_tokens)
-    return event.value_units
 
 
 class HoldBook:
