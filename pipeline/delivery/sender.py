@@ -116,22 +116,13 @@ class WebhookSender:
         return self._session
 
     async def close(self) -> None:
-        """Deliver what is queued and in flight, then stop the workers and close the HTTP
-        session."""
-        if self._queue is not None:
-            await self._queue.join()
-            for worker in self._workers:
-                worker.cancel()
-            await asyncio.gather(*self._workers, return_exceptions=True)
-            self._queue, self._workers = None, []
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        """Deliver everything queued and in flight, then stop (tests, tools)."""
+        await self.stop(timeout_s=None)
 
-    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
-        """Shut down: deliver for up to ``timeout_s``, then record what is still queued as
-        gave_up ("the worker stopped") and close the HTTP session; the breaches recorded so."""
+    async def stop(self, timeout_s: float | None = STOP_TIMEOUT_S) -> int:
+        """Shut down: deliver for up to ``timeout_s`` (None: until done), then record what
+        is still queued as gave_up ("the worker stopped") and close the HTTP session; the
+        breaches recorded so."""
         left: list[tuple[BudgetBreach, Budget | None]] = []
         if self._queue is not None:
             try:
@@ -145,13 +136,9 @@ class WebhookSender:
                 worker.cancel()
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._queue, self._workers = None, []
-        now = self.clock()
         for breach, budget in left:
-            found = targets(budget, self.global_urls, self.global_format)
-            results = [self._result(breach, t, "gave_up", 0, None, STOPPED, now)
-                       for t in found]
             with contextlib.suppress(Exception):  # logged there; shutdown goes on
-                await self._record(breach, results)
+                await self._record(breach, self._not_sent(breach, budget, STOPPED))
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         if self._session is not None:
@@ -181,9 +168,8 @@ class WebhookSender:
         log.error("webhook delivery of breach %s to %d endpoint(s) %s (%d dropped so far)",
                   breach.breach_id, len(found), error, self.dropped)
         if len(self.tasks) < self.queue_max:  # the records run in the background too
-            now = self.clock()
-            results = [self._result(breach, t, "gave_up", 0, None, error, now) for t in found]
-            task = asyncio.create_task(self._record(breach, results))
+            task = asyncio.create_task(self._record(breach, self._not_sent(breach, budget,
+                                                                           error)))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         return False
@@ -270,6 +256,13 @@ class WebhookSender:
                             redact(target.url), breach.breach_id, attempt, error[:120])
                 return self._result(breach, target, "gave_up", attempt, status, error, first)
             await self._sleep(self.policy.delay(attempt, self._jitter(), retry_after))
+
+    def _not_sent(self, breach: BudgetBreach, budget: Budget | None,
+                  why: str) -> list[DeliveryResult]:
+        """A gave_up outcome, 0 attempts, at every endpoint of a breach never sent."""
+        now = self.clock()
+        return [self._result(breach, t, "gave_up", 0, None, why, now)
+                for t in targets(budget, self.global_urls, self.global_format)]
 
     def _result(self, breach: BudgetBreach, target: Target, status: str, attempts: int,
                 last_status: int | None, error: str, first: datetime) -> DeliveryResult:
