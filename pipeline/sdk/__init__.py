@@ -289,7 +289,6 @@ def _stamp_reservation(fields: dict[str, Any]) -> Reservation | None:
     r = _current.get()
     if r is not None and r.reservation_id and "reservation_id" not in fields:
         fields["reservation_id"] = r.reservation_id
-        r.used = True
         return r
     return None
 
@@ -328,7 +327,6 @@ class Reservation:
         # the model to call: the suggested one when the answer is downgrade
         self.model: str = (answer.get("suggested_model") or answer["model"]
                            if self.decision == "downgrade" else answer["model"])
-        self.used = False
         self.events = 0  # events queued inside the block with this reservation's id
         self._url = base_url.rstrip("/")
         self._token = api_token
