@@ -63,6 +63,11 @@ class SpendTotals:
 
 def window_start(kind: WindowKind, ts: datetime) -> datetime:
     """Start of the tumbling UTC window of ``kind`` containing ``ts``."""
+    if ts.tzinfo is timezone.utc:  # every metered timestamp: field resets, no arithmetic
+        if kind == "hour":
+            return ts.replace(minute=0, second=0, microsecond=0)
+        if kind == "day":
+            return ts.replace(hour=0, minute=0, second=0, microsecond=0)
     size = WINDOW_SIZE[kind]
     return _EPOCH + ((ts - _EPOCH) // size) * size
 
@@ -83,6 +88,18 @@ def open_windows(ts: datetime, watermark: datetime | None,
     if watermark is None:
         return WINDOWS
     return tuple(k for k in WINDOWS if window_start(k, ts) + WINDOW_SIZE[k] + grace > watermark)
+
+
+def open_window_starts(ts: datetime, watermark: datetime | None,
+                       grace: timedelta) -> dict[WindowKind, datetime]:
+    """The windows of ``ts`` still open (as ``open_windows`` judges), kind -> window start.
+
+    One call per metered event: each start is computed once and used as the window's key.
+    """
+    starts = {k: window_start(k, ts) for k in WINDOWS}
+    if watermark is None:
+        return starts
+    return {k: s for k, s in starts.items() if s + WINDOW_SIZE[k] + grace > watermark}
 
 
 def is_late(ts: datetime, watermark: datetime | None, grace: timedelta) -> bool:

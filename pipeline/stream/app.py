@@ -22,7 +22,7 @@ from pipeline.stream.budget_feed import run_budget_feed
 from pipeline.stream.holds import HoldWatcher
 from pipeline.stream.live import LiveState
 from pipeline.stream.processor import MOVED_HEADER, Processor, RawMessage, was_moved
-from pipeline.stream.topics import partition_for
+from pipeline.stream.topics import Partitioner
 from pipeline.stream.velocity import VelocityWatch
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     processor = Processor(Meter(catalog, policy), sink, store, live, publish_dlq,
                           grace=timedelta(seconds=settings.grace_s), clock=clock,
                           publish_breach=publish_breach,
-                          partition_of=lambda t: partition_for(t, settings.partitions),
+                          partition_of=Partitioner(settings.partitions),
                           forward=forward,
                           # after budgets, in the same locked step: reservation holds,
                           # then spend velocity (anomaly breaches; baselines off the hot path)

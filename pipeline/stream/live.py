@@ -35,11 +35,18 @@ class PartitionState:
             tokens: tuple[int, int, int, int, int], units: Decimal,
             kinds: tuple[WindowKind, ...] = WINDOWS) -> None:
         """Count one event in its windows of ``kinds`` (those still open for it)."""
-        for kind in kinds:
-            key = (tenant, kind, window_start(kind, ts))
-            totals = self.windows.get(key)
+        self.add_at(tenant, {kind: window_start(kind, ts) for kind in kinds}, cost, saved,
+                    tokens, units)
+
+    def add_at(self, tenant: str, starts: dict[WindowKind, datetime], cost: Decimal,
+               saved: Decimal, tokens: tuple[int, int, int, int, int], units: Decimal) -> None:
+        """Count one event in the windows starting at ``starts`` (see open_window_starts)."""
+        windows = self.windows
+        for kind, start in starts.items():
+            key = (tenant, kind, start)
+            totals = windows.get(key)
             if totals is None:
-                totals = self.windows[key] = SpendTotals()
+                totals = windows[key] = SpendTotals()
             totals.add_row(cost, saved, tokens, units)
 
     def expire(self, grace: timedelta) -> None:

@@ -17,10 +17,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pipeline.core.budgets import BudgetBreach
+from pipeline.core.dedup import DedupIndex
 from pipeline.core.events import DeadLetter, PricedUsage
 from pipeline.core.meter import Meter, Metered, Source
 from pipeline.core.placement import Move, place
-from pipeline.core.spend import advance_watermark, open_windows
+from pipeline.core.spend import advance_watermark, open_window_starts
 from pipeline.store.sink import dlq_row, usage_row
 from pipeline.stream.live import LiveState, PartitionState
 from pipeline.stream.ports import Forward, LedgerReads
@@ -109,22 +110,24 @@ class Stager:
             candidates.extend(self._meter(msg, now, staged))
         fresh = await self._dedup(candidates)
         touched: dict[int, PartitionState] = {}
+        rows = staged.rows
         for msg, p in fresh:
-            st = self.live.get(msg.partition)
-            windows = open_windows(p.timestamp, st.watermark, self.grace)
+            st = touched.get(msg.partition) or self.live.get(msg.partition)
+            ts = p.timestamp
+            windows = open_window_starts(ts, st.watermark, self.grace)
             late = "hour" not in windows
-            st.watermark = advance_watermark(st.watermark, p.timestamp, now)
-            staged.rows.append(usage_row(p, late=late, partition=msg.partition,
-                                         offset=msg.offset, ingested_at=now))
+            st.watermark = advance_watermark(st.watermark, ts, now)
+            rows.append(usage_row(p, late=late, partition=msg.partition, offset=msg.offset,
+                                  ingested_at=now))
             # memory moves on now: a crash loses memory too, and acks wait for the ledger
-            st.dedup.add(p.event_id, p.timestamp)
+            st.dedup.add(p.event_id, ts)
             if late:
                 staged.late += 1
             if windows:
-                st.add(p.tenant_id, p.timestamp, p.total_cost, p.saved_cost,
-                       (p.input_tokens, p.cache_read_input_tokens,
-                        p.cache_creation_input_tokens, p.output_tokens,
-                        p.reasoning_output_tokens), p.value_units, windows)
+                st.add_at(p.tenant_id, windows, p.total_cost, p.saved_cost,
+                          (p.input_tokens, p.cache_read_input_tokens,
+                           p.cache_creation_input_tokens, p.output_tokens,
+                           p.reasoning_output_tokens), p.value_units)
             touched[msg.partition] = st
         for st in touched.values():
             st.expire(self.grace)
@@ -166,12 +169,15 @@ class Stager:
         fresh: list[Candidate] = []
         unknown: list[Candidate] = []
         in_batch: set[tuple[int, str]] = set()
+        indexes: dict[int, DedupIndex] = {}  # one lookup per partition, not per event
         for msg, p in candidates:
             key = (msg.partition, p.event_id)
             if key in in_batch:
                 continue
             in_batch.add(key)
-            dedup = self.live.get(msg.partition).dedup
+            dedup = indexes.get(msg.partition)
+            if dedup is None:
+                dedup = indexes[msg.partition] = self.live.get(msg.partition).dedup
             if p.event_id in dedup:
                 continue
             if dedup.covers(p.timestamp):

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipeline.core.spend import advance_watermark, is_late, open_windows
+from pipeline.core.spend import WINDOW_SIZE, advance_watermark, is_late, open_windows, window_start
 
 UTC = timezone.utc
 GRACE = timedelta(hours=1)
@@ -50,3 +50,23 @@ def test_no_watermark_everything_open() -> None:
 ])
 def test_watermark_never_passes_the_clock(wm, ts, now, expected) -> None:
     assert advance_watermark(wm, ts, now) == expected
+
+
+@pytest.mark.parametrize("ts", [
+    datetime(2026, 6, 17, 10, 20, 30, 123456, tzinfo=timezone.utc),
+    datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+    datetime(2027, 1, 1, 0, 0, tzinfo=timezone.utc),
+    datetime(1999, 3, 28, 1, 30, tzinfo=timezone.utc),
+    # not UTC: the general path, which must agree with the UTC instant's window
+    datetime(2026, 3, 8, 3, 30, tzinfo=timezone(timedelta(hours=-5))),
+    datetime(2026, 6, 17, 0, 15, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+])
+@pytest.mark.parametrize("kind", ["hour", "day"])
+def test_window_start_fast_path_agrees_with_the_arithmetic(ts: datetime, kind: str) -> None:
+    size = WINDOW_SIZE[kind]  # type: ignore[index]
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    expected = epoch + ((ts - epoch) // size) * size
+    got = window_start(kind, ts)  # type: ignore[arg-type]
+    assert got == expected
+    assert got.utcoffset() == timedelta(0)
+    assert got <= ts < got + size

@@ -204,3 +204,13 @@ def test_a_changed_partition_count_still_stores_each_event_once(store: Store) ->
     assert rows == [("dup-1", 1), ("new-2", 1)]
     day = b.live.window(tenant, "day", NOW)  # the old partition's spend counts once, here
     assert day is not None and day.events == 2
+
+
+def test_partitioner_memoizes_the_same_answers_and_stays_bounded() -> None:
+    from pipeline.stream.topics import Partitioner
+
+    part = Partitioner(PARTITIONS, max_keys=50)
+    keys = [f"tenant-{i}" for i in range(200)]
+    for _ in range(2):  # second round from the cache (or recomputed after a clear)
+        assert [part(k) for k in keys] == [partition_for(k, PARTITIONS) for k in keys]
+    assert len(part._cache) <= 50
