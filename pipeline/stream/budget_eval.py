@@ -125,6 +125,9 @@ class BudgetEvaluator:
         wanted: list[tuple[Budget, PricedUsage, datetime, Decimal, str]] = []
         missing: dict[tuple[str, datetime], tuple[Budget, datetime, datetime]] = {}
         keys: dict[tuple[str, datetime], tuple[Budget, datetime, datetime, set[str]]] = {}
+        # budget_id -> the last period found in this batch: periods tile time, so an event
+        # inside it is in that period (no time-zone arithmetic for most events)
+        spans: dict[str, tuple[datetime, datetime]] = {}
         for p in fresh:
             for b in self.book.for_tenant(p.tenant_id):
                 if b.budget_id in self.failed:
@@ -135,7 +138,12 @@ class BudgetEvaluator:
                     key = b.key_of(p)
                     if key is None:
                         continue  # a template's event without the key: not counted
-                    start, end = period_bounds(b.period, b.tz, p.timestamp)
+                    span = spans.get(b.budget_id)
+                    if span is not None and span[0] <= p.timestamp < span[1]:
+                        start, end = span
+                    else:
+                        start, end = spans[b.budget_id] = period_bounds(b.period, b.tz,
+                                                                        p.timestamp)
                     amount = b.measure(p)
                 except Exception as exc:
                     failures.append(self.fail(b, failure_reason(exc), now))
