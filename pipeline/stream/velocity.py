@@ -96,11 +96,15 @@ class VelocityWatch:
         """Count a batch's fresh events; the anomaly breaches of episodes it opens."""
         self._turn_hour(now)
         touched: dict[str, str] = {}  # budget_id -> last event counted (the trigger)
+        watched: dict[str, list[Budget]] = {}  # tenant -> its anomaly budgets, once a batch
         for p in fresh:
-            if not self.owns(p.tenant_id):
-                continue
-            for b in self._budgets_of(p.tenant_id):
-                if not b.anomaly.enabled or not b.matches(p):
+            scoped = watched.get(p.tenant_id)
+            if scoped is None:
+                scoped = watched[p.tenant_id] = [
+                    b for b in self._budgets_of(p.tenant_id) if b.anomaly.enabled
+                ] if self.owns(p.tenant_id) else []
+            for b in scoped:
+                if not b.matches(p):
                     continue
                 key = b.key_of(p)
                 if key is None:  # a template's event without its key: not under it at all
