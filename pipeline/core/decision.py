@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.budget_options import ATTRIBUTE_PREFIX, EACH_ATTRIBUTES, EACH_FIELDS
 from pipeline.core.budgets import Budget, Metric, Mode
@@ -15,6 +15,9 @@ from pipeline.core.events import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES, MAX_ID_CHA
 from pipeline.core.pricing import TokenCounts, cost_lines
 from pipeline.core.scoring import ValuePolicy
 from pipeline.errors import PricingError, ValidationFailed
+
+if TYPE_CHECKING:  # route_policy builds on this module
+    from pipeline.core.route_policy import RouteChoice
 
 SERVICE_TIERS = ("standard", "batch", "flex", "priority")
 CRITICALITIES = ("low", "normal", "high", "critical")
@@ -88,10 +91,12 @@ class Decision:
     suggested_model: str | None = None
     suggested_cost: Decimal | None = None
     rooms: list[Room] = field(default_factory=list)
+    # a routed request's tier, threshold and why (core/route_policy.py); None otherwise
+    route: RouteChoice | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """JSON-safe rendering (money as decimal strings)."""
-        return {
+        """JSON-safe rendering (money as decimal strings; ``route`` only when routed)."""
+        out: dict[str, Any] = {
             "decision": self.decision,
             "model": self.model,
             "estimated_cost": format(self.estimated_cost, "f"),
@@ -101,6 +106,9 @@ class Decision:
             "reason": self.reason,
             "remaining": [room_json(r) for r in self.rooms],
         }
+        if self.route is not None:
+            out["route"] = self.route.as_json(self)
+        return out
 
 
 def room_json(r: Room) -> dict[str, Any]:
@@ -160,7 +168,8 @@ def _over(r: Room, cost: Decimal, req: Request, policy: ValuePolicy | None) -> b
     return r.checked and (r.remaining <= 0 or amount(r.metric, cost, req, policy) > r.remaining)
 
 
-def _fits(rooms: list[Room], cost: Decimal, req: Request, policy: ValuePolicy | None) -> bool:
+def fits(rooms: list[Room], cost: Decimal, req: Request, policy: ValuePolicy | None) -> bool:
+    """True when the estimate fits every checked room."""
     return not any(_over(r, cost, req, policy) for r in rooms)
 
 
@@ -198,11 +207,11 @@ def decide(req: Request, rooms: list[Room], catalog: Catalog, at: datetime,
     requested = catalog.resolve(req.model)
     assert requested is not None  # estimate() raised otherwise
     note = _unchecked(rooms)
-    if _fits(rooms, cost, req, policy):
+    if fits(rooms, cost, req, policy):
         return Decision("allow", req.model, cost, "within every applicable budget" + note,
                         rooms=rooms)
     for c, name in cheaper_models(catalog, req, at, cost):
-        if _fits(rooms, c, req, policy):
+        if fits(rooms, c, req, policy):
             return Decision("downgrade", req.model, cost,
                             f"{req.model} would exceed the remaining budget; {name} fits"
                             + note, suggested_model=name, suggested_cost=c, rooms=rooms)

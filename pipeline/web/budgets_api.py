@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -12,11 +13,12 @@ from typing import Any
 from faust.web import Request, Response, View
 from pydantic import ValidationError
 
-from pipeline.core.actions import apply_actions, cheapest_alternative
+from pipeline.core.actions import apply_actions
 from pipeline.core.budgets import Budget
 from pipeline.core.decision import Decision, Room, applies, decide, request_from, request_key
 from pipeline.core.decision import Request as DecisionRequest
 from pipeline.core.reservations import HoldBook
+from pipeline.core.route_policy import Verdict, decide_routed, downgrade_target, verdict_from
 from pipeline.delivery.webhooks import public_budget, unmask_webhooks
 from pipeline.errors import PricingError, ValidationFailed
 from pipeline.store.dashboard_reads import breaches as recent_breaches
@@ -62,35 +64,45 @@ async def rooms_for(processor: Any, req: DecisionRequest, names: set[str], now: 
 
 async def decide_now(runtime: Any, req: DecisionRequest, now: datetime,
                      holds: HoldBook | None = None,
-                     then: Callable[[Decision], None] | None = None
-                     ) -> tuple[int, Any]:
+                     then: Callable[[Decision], None] | None = None,
+                     route: Verdict | None = None) -> tuple[int, Any]:
     """(200, (decision, rooms)) or (status, error JSON): rooms and the decision computed
-    under the Processor's lock, and ``then`` (the reservation's hold) run in the same step."""
+    under the Processor's lock, and ``then`` (the reservation's hold) run in the same step;
+    ``route``: the caller's router verdict (core/route_policy.py picks the model)."""
     processor = runtime.processor
     catalog = runtime.catalog
-    model = catalog.resolve(req.model)
-    if model is None:
-        return 404, {"error": f"model {req.model!r} is not in the price catalog"}
+    names = [req.model] if route is None else [route.strong_model, route.weak_model]
+    models = {name: catalog.resolve(name) for name in names}
+    for name, model in models.items():
+        if model is None:
+            return 404, {"error": f"model {name!r} is not in the price catalog"}
     holds = holds if holds is not None else hold_book_of(processor.watchers)
     async with processor.lock:
         if holds is not None:
             holds.expire(now)
-        rooms = await rooms_for(processor, req, {req.model, model.model}, now, holds)
-        try:
-            decision = decide(req, rooms, catalog, now, processor.meter.policy)
-        except PricingError as exc:
-            return 404, {"error": exc.detail}
         # actions budgets put in force (forecast or anomaly breaches) tighten the answer
         # before a reservation holds anything: block denies, throttle denies its pool,
-        # downgrade points to a cheaper model
+        # downgrade points to a cheaper model (and a routed request leans to its weak model)
         book = action_book_of(runtime)
         actives = book.active(now, req.tenant_id) if book is not None else []
+        rooms = {name: await rooms_for(processor, replace(req, model=name),
+                                       {name, model.model}, now, holds)
+                 for name, model in models.items() if model is not None}
+        try:
+            if route is None:
+                decision = decide(req, rooms[req.model], catalog, now, processor.meter.policy)
+            else:
+                decision = decide_routed(req, route, rooms[route.strong_model],
+                                         rooms[route.weak_model], catalog, now,
+                                         processor.meter.policy, actives)
+        except PricingError as exc:
+            return 404, {"error": exc.detail}
         if actives:
             decision = apply_actions(decision, actives, value_tier=req.value_tier, now=now,
-                                     cheaper=cheapest_alternative(catalog, req, now))
+                                     cheaper=downgrade_target(catalog, req, decision, now))
         if then is not None:
             then(decision)
-    return 200, (decision, rooms)
+    return 200, (decision, decision.rooms)
 
 
 def register_budget_views(app: Any, runtime: Any) -> None:
@@ -171,11 +183,15 @@ def register_budget_views(app: Any, runtime: Any) -> None:
             attributes = {k[len(ATTR_PARAM):]: v for k, v in q.items()
                           if k.startswith(ATTR_PARAM)}
             try:
-                req = request_from(q, attributes)
+                route = verdict_from(q)
+                # a routed request needs no model: the route picks one of its pair
+                params = q if route is None else {
+                    **q, "model": q.get("model") or route.strong_model}
+                req = request_from(params, attributes)
             except ValidationFailed as exc:
                 return self.json({"error": exc.detail}, status=400)
             now = runtime.clock()
-            status, answer = await decide_now(runtime, req, now)
+            status, answer = await decide_now(runtime, req, now, route=route)
             if status != 200:
                 return self.json(answer, status=status)
             decision, _ = answer

@@ -24,6 +24,7 @@ from faust.web import Request, Response, View
 
 from pipeline.core.decision import Decision, request_from, room_json
 from pipeline.core.reservations import HoldBook, hold_amounts, hold_metrics, ttl
+from pipeline.core.route_policy import verdict_from
 from pipeline.errors import ValidationFailed
 from pipeline.web.budgets_api import decide_now
 
@@ -97,6 +98,9 @@ def register_reservation_views(app: Any, runtime: Any, holds: HoldBook) -> None:
                 return self.json({"error": "attributes must be a JSON object of strings"},
                                  status=400)
             try:
+                route = verdict_from(body)
+                if route is not None:  # a routed request needs no model: the route picks one
+                    body["model"] = body.get("model") or route.strong_model
                 req = request_from(body, attributes, estimates_required=True)
                 life = ttl(body.get("ttl_s"), settings.reservation_ttl_s,
                            settings.reservation_max_ttl_s)
@@ -115,7 +119,8 @@ def register_reservation_views(app: Any, runtime: Any, holds: HoldBook) -> None:
                                               expires_at, hold_metrics(d))
 
             try:
-                status, result = await decide_now(runtime, req, now, holds, then=hold)
+                status, result = await decide_now(runtime, req, now, holds, then=hold,
+                                                  route=route)
             except ValidationFailed as exc:  # too many open holds
                 return self.json({"error": exc.detail}, status=429)
             if status != 200:
