@@ -134,6 +134,7 @@ class AsyncUsageProducer:
               output_tokens: int | None, fields: dict[str, Any]) -> dict[str, Any]:
         """The event dict, validated (raises ValidationFailed with a reason code)."""
         now = self.clock()
+        stamp_route(fields)  # record(route=...): the router's verdict as attributes
         event: dict[str, Any] = {"event_id": fields.pop("event_id", None) or str(uuid.uuid4()),
                                  "timestamp": fields.pop("timestamp", None) or now.isoformat(),
                                  "tenant_id": tenant_id, "provider": provider, "model": model}
@@ -259,10 +260,14 @@ class UsageProducer:
 
 def decide(base_url: str, *, tenant_id: str, model: str, estimated_input_tokens: int,
            estimated_output_tokens: int, value_tier: str = "standard",
-           api_token: str | None = None, timeout: float = 2.0, **scope: str) -> dict[str, Any]:
+           api_token: str | None = None, timeout: float = 2.0, route: Route | None = None,
+           **scope: str) -> dict[str, Any]:
     """Ask a worker for an admission decision (allow / downgrade / deny); inside
-    ``meter_run`` it names the run."""
+    ``meter_run`` it names the run; ``route``: a local Route's verdict goes with it (the
+    answer's ``route`` then says which tier the budgets allow)."""
     named: dict[str, Any] = dict(scope)
+    if route is not None:
+        named.update(route.decision_params())
     run = current_run()
     if run:
         named["trace_id"] = named.get("trace_id") or run
@@ -289,6 +294,8 @@ def _stamp_reservation(fields: dict[str, Any]) -> Reservation | None:
     r = _current.get()
     if r is not None and r.reservation_id and "reservation_id" not in fields:
         fields["reservation_id"] = r.reservation_id
+        if r.route is not None:
+            fields.setdefault("route", r.route)
         return r
     return None
 
@@ -320,8 +327,10 @@ class Reservation:
     actual cost out of the hold, and whose exit releases the rest once they are counted."""
 
     def __init__(self, answer: dict[str, Any], base_url: str, api_token: str | None,
-                 timeout: float) -> None:
+                 timeout: float, route: Route | None = None) -> None:
         self.answer = answer
+        # reserve(route=...): the route the answer allows; the block's events carry it
+        self.route = route.settle(answer) if route is not None else None
         self.decision: str = answer["decision"]
         self.reservation_id: str | None = answer.get("reservation_id")
         # the model to call: the suggested one when the answer is downgrade
@@ -372,17 +381,19 @@ class Reservation:
 
 def reserve(base_url: str, *, tenant_id: str, model: str, estimated_input_tokens: int,
             estimated_output_tokens: int, api_token: str | None = None, timeout: float = 5.0,
-            **params: Any) -> Reservation:
+            route: Route | None = None, **params: Any) -> Reservation:
     """POST /api/reservations: hold an estimate (other decision parameters, ``attributes``
     and ``ttl_s`` as keywords); inside ``meter_run`` it names the run as its events do
-    (``trace_id`` and ``attributes.run_id``, unless given), so run budgets apply."""
+    (``trace_id`` and ``attributes.run_id``, unless given), so run budgets apply; ``route``:
+    a local Route's verdict goes with it, and the block's events carry the settled route."""
     run = current_run()
     if run:
         params["trace_id"] = params.get("trace_id") or run
         params["attributes"] = {"run_id": run, **(params.get("attributes") or {})}
     body = {"tenant_id": tenant_id, "model": model,
             "estimated_input_tokens": estimated_input_tokens,
-            "estimated_output_tokens": estimated_output_tokens, **params}
+            "estimated_output_tokens": estimated_output_tokens, **params,
+            **(route.decision_params() if route is not None else {})}
     query = urllib.parse.urlencode({"tenant_id": tenant_id})  # routes to the owning worker
     url = f"{base_url.rstrip('/')}/api/reservations?{query}"
     for attempt in range(RESERVE_ATTEMPTS):
@@ -395,7 +406,7 @@ def reserve(base_url: str, *, tenant_id: str, model: str, estimated_input_tokens
             if exc.code != 503 or attempt == RESERVE_ATTEMPTS - 1:
                 raise
             time.sleep(_retry_after(exc))
-    return Reservation(answer, base_url, api_token, timeout)
+    return Reservation(answer, base_url, api_token, timeout, route)
 
 
 RESERVE_ATTEMPTS = 4  # a 503 answer is retried up to 3 times, after its Retry-After
@@ -411,6 +422,8 @@ def _retry_after(exc: urllib.error.HTTPError) -> float:
 
 # at the end: the wrappers import anthropic_usage from this module
 from pipeline.sdk.instrument import CallMeter, current_run, instrument, meter_run  # noqa: E402
+from pipeline.sdk.routing import Route, Router, route_prompt, stamp_route  # noqa: E402
 
-__all__ = ["AsyncUsageProducer", "CallMeter", "Reservation", "UsageProducer",
-           "anthropic_usage", "decide", "instrument", "meter_run", "reserve"]
+__all__ = ["AsyncUsageProducer", "CallMeter", "Reservation", "Route", "Router",
+           "UsageProducer", "anthropic_usage", "decide", "instrument", "meter_run", "reserve",
+           "route_prompt"]
