@@ -147,7 +147,9 @@ class RouteChoice:
                 "weak_model": self.weak_model, "strong_model": self.strong_model,
                 "base_threshold": v.threshold, "threshold": self.threshold,
                 "threshold_shift": v.threshold - self.threshold,
-                "remaining_share": format(self.pressure.share, "f"),
+                # 4 places are plenty to read; the threshold used the exact share
+                "remaining_share": format(
+                    self.pressure.share.quantize(Decimal("0.0001")).normalize(), "f"),
                 "tightest": self.pressure.room or None, "actions": list(self.pressure.actions),
                 "tier": self.tier, "chosen_by": self.chosen_by,
                 "final_tier": self.final_tier(decision), "reason": self.reason}

@@ -127,6 +127,60 @@ def runaway_call(at: datetime, tenant: str, run_id: str, step: int) -> dict[str,
     }
 
 
+# the demo's routed prompts: quick lookups and multiple choice next to multi-step maths,
+# code and long passages, so the router's scores spread on both sides of its threshold
+_PLACES = ("France", "Kenya", "Peru", "Japan", "Norway", "Chile", "Egypt", "Canada")
+_PHRASES = ("the invoice is late", "thanks for the quick reply", "the product broke twice",
+            "great support, slow shipping", "please cancel my order")
+_TASKS_TEXT = ("merges overlapping intervals", "parses ISO 8601 durations",
+               "finds the k most frequent words", "detects a cycle in a linked list")
+_EASY = (
+    "What is the capital of {place}?",
+    "Translate into French: {phrase}",
+    "Classify the sentiment of this review as positive or negative: {phrase}",
+    "Which country is {place} next to?\nA. {place}\nB. Mars\nC. Atlantis\nD. none\nAnswer:",
+    "Reply to the customer in one sentence: {phrase}",
+)
+_HARD = (
+    "Let f(x) = {n}x^3 - {m}x^2 + {k}x - 1. Find every real x where f'(x) = 0, evaluate "
+    "f at each, and determine which are maxima. Show each step of the calculation.",
+    "Write a Python function that {task}. Return the result, handle empty input, add unit "
+    "tests with assert == checks, and derive its time complexity: def solve(items):",
+    "Prove that the sum of the first {n} odd numbers equals {n}^2, then prove by induction "
+    "that 1^3 + 2^3 + ... + n^3 = (n(n+1)/2)^2 for every n >= 1.",
+    "A loan of ${m},000 at {k}% compounded monthly is repaid over {n} years. Calculate the "
+    "monthly payment, the total interest, and the balance after 12 payments.",
+)
+
+
+def routed_prompt(rng: random.Random) -> tuple[str, bool]:
+    """One prompt of the demo's routed traffic and whether it was drawn as a hard one."""
+    hard = rng.random() < 0.35
+    template = rng.choice(_HARD if hard else _EASY)
+    text = template.format(place=rng.choice(_PLACES), phrase=rng.choice(_PHRASES),
+                           task=rng.choice(_TASKS_TEXT), n=rng.randint(3, 40),
+                           m=rng.randint(2, 90), k=rng.randint(2, 9))
+    return text, hard
+
+
+def routed_call(rng: random.Random, tenants: list[str]) -> dict[str, Any]:
+    """A call the demo routes: its prompt, scope and token estimates (the usage is recorded
+    once the routed model is known)."""
+    text, hard = routed_prompt(rng)
+    tenant = rng.choice(tenants)
+    return {
+        "tenant_id": tenant, "project_id": f"{tenant}-p1", "user_id": f"user-{rng.randint(1, 20)}",
+        "feature": "chat",
+        "task_type": rng.choices([t[0] for t in TASKS], [t[1] for t in TASKS])[0],
+        "criticality": rng.choices([c[0] for c in CRITICALITY], [c[1] for c in CRITICALITY])[0],
+        "user_tier": rng.choices([u[0] for u in USER_TIERS], [u[1] for u in USER_TIERS])[0],
+        "prompt": text,
+        # about 4 characters a token; a hard prompt's answer is longer
+        "estimated_input_tokens": len(text) // 4 + 20,
+        "estimated_output_tokens": rng.randint(400, 900) if hard else rng.randint(20, 150),
+    }
+
+
 def _poisson(rng: random.Random, mean: float) -> int:
     """Poisson draw by inversion (small means only; random.Random has no poisson)."""
     limit, k, p = math.exp(-mean), 0, rng.random()

@@ -218,6 +218,7 @@ def test_pressure_comes_from_the_rooms_a_strong_call_spends_from() -> None:
     d = rp.decide_routed(REQ, verdict(0.5), [room("10", "9", budget="b-4o")], [], CAT, AT)
     assert d.route is not None and d.route.pressure.room == "b-4o"
     assert (d.decision, d.model, d.rooms) == ("allow", WEAK, [])
+    assert d.as_json()["route"]["remaining_share"] == "0.1"
     # a budget on the weak model only does not shift anything
     d = rp.decide_routed(REQ, verdict(0.5), [], [room("10", "9.5", budget="b-mini")], CAT, AT)
     assert d.route is not None and d.route.threshold == 0.8 and d.model == STRONG

@@ -1,5 +1,6 @@
 """Synthetic traffic: the runaway agent loop the demo and benchmarks inject, priced by hand."""
 
+import random
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
@@ -8,7 +9,7 @@ import pytest
 from pipeline.core.catalog import load_catalog
 from pipeline.core.meter import Meter
 from pipeline.core.scoring import load_policy
-from pipeline.core.simulate import Simulator, runaway_call
+from pipeline.core.simulate import Simulator, routed_call, routed_prompt, runaway_call
 
 AT = datetime(2026, 6, 17, 10, 0, tzinfo=timezone.utc)
 METER = Meter(load_catalog(), load_policy())
@@ -38,3 +39,19 @@ def test_history_is_deterministic_for_a_seed() -> None:
     b = Simulator(tenants=3, seed=5).history(AT, 2, per_hour=6)
     assert a == b and a
     assert all(datetime.fromisoformat(e["timestamp"]) < AT for e in a)
+
+
+def test_routed_calls_are_deterministic_for_a_seed_and_mix_easy_and_hard_prompts() -> None:
+    def draw(seed: int) -> list[dict]:
+        rng = random.Random(seed)
+        return [routed_call(rng, ["t1", "t2"]) for _ in range(200)]
+
+    calls = draw(3)
+    assert calls == draw(3) and calls != draw(4)
+    assert {c["tenant_id"] for c in calls} == {"t1", "t2"}
+    assert all(c["estimated_input_tokens"] > len(c["prompt"]) // 4 for c in calls)
+    hard = [routed_prompt(random.Random(s))[1] for s in range(200)]
+    assert 0.2 < sum(hard) / len(hard) < 0.5  # about 35% hard
+    # a routed call carries what the decision API and the event need, never spent tokens
+    assert {"prompt", "task_type", "criticality", "user_tier", "user_id"} <= set(calls[0])
+    assert "input_tokens" not in calls[0]
