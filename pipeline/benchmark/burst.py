@@ -333,6 +333,9 @@ def figures(profile: Profile, run: _Run, clear_frac: float = 0.01) -> dict[str, 
                      if end <= t < until and b <= under), math.nan)
 
     tail = [b for t, b in backlog if last - 5 <= t < last]
+    # how far behind the worker is: the age of the m-th acked event when m have been metered
+    order = sorted(a for a in run.acked if not math.isnan(a))
+    behind = [t - order[min(int(m), len(order)) - 1] for t, _, m in run.samples if m >= 1]
     gaps = [b[0] - a[0] for a, b in pairwise(run.samples)]
     out: dict[str, float] = {
         "events": len(run.times), "events_acked": run.delivered,
@@ -347,6 +350,7 @@ def figures(profile: Profile, run: _Run, clear_frac: float = 0.01) -> dict[str, 
         "backlog_clear_s": clear(threshold, last),
         "backlog_clear_1pct_s": clear(clear_frac * profile.peak, last),
         "backlog_tail_p50": statistics.median(tail) if tail else math.nan,
+        "behind_peak_s": round(max(behind, default=math.nan), 2),
         "backlog_zero_s": clear(0, math.inf),  # fully drained, after the sends stopped too
         "sample_interval_ms": round(statistics.median(gaps) * 1000, 1) if gaps else math.nan,
         **run.cpu,
