@@ -70,12 +70,13 @@ def tiktoken_speed(mb: float = 4.0) -> dict[str, float]:
 
 
 def sink_and_state(tenants: int = 100_000) -> dict[str, float]:
-    """Sink rows/s vs raw client inserts, and live-state memory growth at 100k tenants."""
+    """Sink rows/s vs raw client inserts, its encoding cost, and live-state memory growth."""
     from pipeline.core.catalog import load_catalog
     from pipeline.core.meter import Meter
     from pipeline.core.scoring import load_policy
     from pipeline.settings import load_settings
     from pipeline.store.client import open_store
+    from pipeline.store.columnar import USAGE_TYPES, encode
     from pipeline.store.migrations import migrate
     from pipeline.store.sink import USAGE_COLUMNS, Sink, usage_row
     from pipeline.stream.live import LiveState
@@ -85,24 +86,81 @@ def sink_and_state(tenants: int = 100_000) -> dict[str, float]:
         migrate(store)
         meter = Meter(load_catalog(), load_policy())
         now = datetime.now(timezone.utc)
-        priced = [meter.meter_object(e, now=now) for e in make_events(20_000, tenants=500)]
+        priced = [meter.meter_object(e, now=now) for e in make_events(120_100, tenants=500)]
         rows = [usage_row(p, late=False, partition=0, offset=i, ingested_at=now)
                 for i, p in enumerate(priced)]
-        half = len(rows) // 2
-        t0 = time.perf_counter()
-        for i in range(0, half, 2000):
-            store.client.insert("usage_events", rows[i:i + 2000],
-                                column_names=list(USAGE_COLUMNS), database=store.database)
-        raw = half / (time.perf_counter() - t0)
         sink = Sink(store)
-        t0 = time.perf_counter()
 
-        async def write() -> None:
-            for i in range(half, len(rows), 2000):
-                await sink.write(rows[i:i + 2000], [], token=uuid.uuid4().hex)
+        def row_path(batch: list[list[Any]], token: bool) -> float:
+            """Store.insert of the rows: what Sink.write did before the columnar sink."""
+            settings = {"insert_deduplication_token": uuid.uuid4().hex,
+                        "deduplicate_blocks_in_dependent_materialized_views": 1}
+            started = time.perf_counter()
+            store.insert("usage_events", batch, USAGE_COLUMNS, settings=settings if token
+                         else None)
+            return time.perf_counter() - started
 
-        asyncio.run(write())
-        ours = (len(rows) - half) / (time.perf_counter() - t0)
+        def columnar(batch: list[list[Any]]) -> tuple[float, float, float]:
+            """(wall time of Sink.write, of which encoding, its CPU time)."""
+            encoded, cpu = sink.encode_seconds, sink.encode_cpu_seconds
+            started = time.perf_counter()
+            asyncio.run(sink.write(batch, [], token=uuid.uuid4().hex))
+            return (time.perf_counter() - started, sink.encode_seconds - encoded,
+                    sink.encode_cpu_seconds - cpu)
+
+        # once per process: pyarrow imports pandas at its first timezone-aware datetime
+        columnar(rows[-100:])
+        # the paths take turns, batch by batch: chDB's background merges of the parts
+        # before slow down whichever runs next (2 cores), so neither gets a quiet store
+        raw: list[float] = []
+        ours: list[float] = []
+        for n, i in enumerate(range(0, 20_000, 4000)):
+            first, second = rows[i:i + 2000], rows[i + 2000:i + 4000]
+            if n % 2:
+                ours.append(columnar(first)[0])
+                raw.append(row_path(second, token=False))
+            else:
+                raw.append(row_path(first, token=False))
+                ours.append(columnar(second)[0])
+        wall: list[float] = []
+        encoding: list[float] = []
+        encoding_cpu: list[float] = []
+        before: list[float] = []
+        for n, i in enumerate(range(20_000, 120_000, 20_000)):
+            old, new = rows[i:i + 10_000], rows[i + 10_000:i + 20_000]
+            if n % 2:
+                before.append(row_path(old, token=True) / len(old))
+            took, encoded, cpu = columnar(new)
+            wall.append(took / len(new))
+            encoding.append(encoded / len(new))
+            encoding_cpu.append(cpu / len(new))
+            if not n % 2:
+                before.append(row_path(old, token=True) / len(old))
+        money = [c for c in USAGE_COLUMNS if "decimal" in str(USAGE_TYPES[c])]
+        picks = [USAGE_COLUMNS.index(c) for c in money]
+        decimals: list[float] = []
+        for i in range(20_000, 120_000, 20_000):
+            only = [[r[j] for j in picks] for r in rows[i:i + 10_000]]
+            started = time.perf_counter()
+            encode(only, money, USAGE_TYPES)
+            decimals.append((time.perf_counter() - started) / len(only))
+        us = 1e6
+        figures = {
+            "sink_rows_per_s": round(10_000 / sum(ours), 1),
+            "raw_insert_rows_per_s": round(10_000 / sum(raw), 1),
+            "sink_ratio": round(sum(raw) / sum(ours), 3),
+            # medians over five 10,000-row batches each. insert: the whole Sink.write (encode,
+            # chDB insert, both rollups); row_path: the same-sized batches by Store.insert of
+            # the rows with the same settings (Sink.write before the columnar sink); encode:
+            # building the Arrow stream in Sink.write (Python, GIL held), as wall time and as
+            # the thread's CPU time (which other processes on a shared machine inflate less);
+            # decimal: the 9 Decimal columns alone (Decimal -> decimal128 in pyarrow's C++)
+            "sink_insert_us_per_row": round(statistics.median(wall) * us, 2),
+            "sink_row_path_us_per_row": round(statistics.median(before) * us, 2),
+            "sink_encode_us_per_row": round(statistics.median(encoding) * us, 2),
+            "sink_encode_cpu_us_per_row": round(statistics.median(encoding_cpu) * us, 2),
+            "sink_decimal_us_per_row": round(statistics.median(decimals) * us, 2),
+        }
 
         idle = rss_mb()
         live = LiveState(grace=timedelta(hours=1), horizon=timedelta(days=7), max_ids=2_000_000)
@@ -116,10 +174,8 @@ def sink_and_state(tenants: int = 100_000) -> dict[str, float]:
                    (100, 0, 0, 20, 0), template.value_units)
         grown = rss_mb() - idle
         store.close()
-    return {"sink_rows_per_s": round(ours, 1), "raw_insert_rows_per_s": round(raw, 1),
-            "sink_ratio": round(ours / raw, 3),
-            "state_rss_mb_100k_tenants": round(grown, 1), "live_windows": sum(
-                len(p.windows) for p in live.partitions.values())}
+    return {**figures, "state_rss_mb_100k_tenants": round(grown, 1), "live_windows": sum(
+        len(p.windows) for p in live.partitions.values())}
 
 
 def _passthrough() -> dict[str, str]:

@@ -6,11 +6,24 @@ import fcntl
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StoreError
 from pipeline.settings import Settings, parse_dsn
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRows:
+    """Rows already encoded for ``INSERT ... FORMAT fmt`` (store.columnar makes them)."""
+
+    data: bytes
+    fmt: str
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
 
 
 class Store:
@@ -24,6 +37,10 @@ class Store:
         self._lock_file = lock_file
         self._factory = factory
         self._readonly: Store | None = None
+        # Arrow inserts are compressed as clickhouse-connect compresses its own requests
+        # (lz4 over HTTP by default); the chDB client reads a local file, uncompressed
+        codec = getattr(client, "write_compression", None)
+        self.arrow_compression: str | None = codec if codec in ("lz4", "zstd") else None
 
     def with_database(self, database: str) -> Store:
         """The same engine and lock, another default database (tests use one each)."""
@@ -61,9 +78,21 @@ class Store:
         """Result rows of a query."""
         return list(self.query(sql, parameters=parameters).result_rows)
 
-    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str],
-               settings: dict[str, Any] | None = None) -> None:
-        """Insert rows into ``database.table``."""
+    def insert(self, table: str, rows: Sequence[Sequence[Any]] | EncodedRows,
+               columns: Sequence[str], settings: dict[str, Any] | None = None) -> None:
+        """Insert rows (or EncodedRows) into ``database.table``.
+
+        Rows are serialized by clickhouse-connect value by value; EncodedRows are sent as
+        they are (``INSERT ... FORMAT ArrowStream``, posted over HTTP, read from a file by chDB).
+        """
+        if isinstance(rows, EncodedRows):
+            from clickhouse_connect.driver.binding import quote_identifier
+
+            target = f"{quote_identifier(self.database)}.{quote_identifier(table)}"
+            with self._lock:
+                self.client.raw_insert(target, list(columns), rows.data, settings=settings,
+                                       fmt=rows.fmt)
+            return
         with self._lock:
             self.client.insert(table, rows, column_names=list(columns), database=self.database,
                                settings=settings)

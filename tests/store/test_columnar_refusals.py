@@ -1,0 +1,122 @@
+"""A usage row value the ledger cannot hold stops the sink at once (terminal), naming the
+column, the event and the value; the columnar types are the table's own."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal as D
+from typing import Any
+
+import pytest
+
+from pipeline.errors import StoreWriteFailed
+from pipeline.store.client import Store
+from pipeline.store.columnar import USAGE_TYPES, ValueNotStorable, clickhouse_type, encode
+from pipeline.store.sink import USAGE_COLUMNS, Fault, Sink, classify_store_error, usage_row
+from tests.helpers import METER, NOW
+
+
+def rows(column: str, value: Any) -> list[list[Any]]:
+    """Two good rows, the second with ``value`` in ``column``."""
+    out = []
+    for i in range(2):
+        p = METER.meter_object({"event_id": f"e-{i}", "timestamp": NOW.isoformat(),
+                                "tenant_id": "acme", "provider": "openai",
+                                "model": "gpt-4o-mini", "input_tokens": 10 + i,
+                                "output_tokens": 1}, now=NOW)
+        out.append(usage_row(p, late=False, partition=0, offset=i, ingested_at=NOW))
+    out[1][USAGE_COLUMNS.index(column)] = value
+    return out
+
+
+REFUSED = [
+    # beyond the type: the row path stored 1E+26 as a number outside Decimal(38, 12) (it
+    # reads back 100000000000000000000000000.00000000000) and failed on 1E+30 (OverflowError)
+    ("total_cost", D("1E+26"), "more than 26 integer digits"),
+    ("input_cost", D("-1E+30"), "more than 26 integer digits"),
+    ("value_weight", D("1000000000000"), "more than 12 integer digits"),
+    ("value_units", D("1E+32"), "more than 32 integer digits"),
+    ("output_cost", D("NaN"), "not a number"),
+    ("output_cost", D("-Infinity"), "not a number"),
+    ("output_cost", None, "None where the column has no NULL"),
+    ("saved_cost", "", "not a number"),
+    ("saved_cost", False, "not a number"),
+    ("input_tokens", -1, "not in range"),
+    ("input_tokens", 1.5, "double is not an integer"),
+    ("output_tokens", "12", "tried to convert to int64"),
+    ("output_tokens", 2**64, "too large"),
+    ("source_partition", 2**31, "not in range"),
+    ("tenant_id", None, "None where the column has no NULL"),
+    ("trace_id", 5, "Expected bytes"),
+    ("model", "\ud800", "surrogates not allowed"),
+    ("attributes", {"k": 1}, "Expected bytes"),
+    ("attributes", {"k": None}, "None where the column has no NULL"),
+    ("attributes", None, "None where the column has no NULL"),
+    ("timestamp", None, "None where the column has no NULL"),
+    ("timestamp", "2026-06-17", "cannot be converted"),
+    ("cache_hit", 1, "tried to convert to boolean"),
+]
+
+
+@pytest.mark.parametrize(("column", "value", "why"), REFUSED)
+def test_a_value_that_cannot_be_stored_is_named(column: str, value: Any, why: str) -> None:
+    with pytest.raises(ValueNotStorable) as refused:
+        encode(rows(column, value), USAGE_COLUMNS, USAGE_TYPES, key="event_id")
+    message = str(refused.value)
+    assert message.startswith(f"{column} = {value!r:.80} in row 1 ('e-1') cannot be stored "
+                              f"as {clickhouse_type(USAGE_TYPES[column])}: ")
+    assert why in message and "correct it where it comes from" in message
+    assert classify_store_error(refused.value) is Fault.terminal
+
+
+class Counting:
+    """The real store, counting insert attempts."""
+
+    def __init__(self, real: Store) -> None:
+        self.real = real
+        self.attempts = 0
+
+    def insert(self, *args: Any, **kwargs: Any) -> None:
+        self.attempts += 1
+        self.real.insert(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.integration
+def test_the_sink_stops_at_once_on_a_value_it_cannot_store(store: Store) -> None:
+    counting = Counting(store)
+    sink = Sink(counting, max_backoff_s=0.05)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        await asyncio.wait_for(sink.write(rows("total_cost", D("1E+26")), [], token="t"), 10)
+
+    with pytest.raises(StoreWriteFailed) as failed:
+        asyncio.run(run())
+    assert counting.attempts == 0  # refused before ClickHouse, and not retried
+    assert sink.failures == 1 and not sink.healthy
+    assert sink.failure == str(failed.value)
+    assert sink.failure.startswith("a value cannot be stored in usage_events (total_cost = "
+                                   "Decimal('1E+26') in row 1 ('e-1') cannot be stored as "
+                                   "Decimal(38, 12): it has more than 26 integer digits")
+    assert sink.failure.endswith("then restart the worker (it replays from the committed "
+                                 "offsets)")
+    assert store.rows(f"SELECT count() FROM {store.database}.usage_events") == [(0,)]
+
+
+@pytest.mark.integration
+def test_columnar_types_are_the_tables_own(store: Store) -> None:
+    assert list(USAGE_TYPES) == list(USAGE_COLUMNS)
+    described = {r[0]: r[1] for r in store.rows(f"DESCRIBE TABLE {store.database}.usage_events")}
+    assert {c: clickhouse_type(t) for c, t in USAGE_TYPES.items()} == described
+
+
+def test_a_batch_is_encoded_as_one_arrow_stream() -> None:
+    import pyarrow as pa
+
+    batch = encode(rows("total_cost", D("0.5")), USAGE_COLUMNS, USAGE_TYPES, compression="lz4")
+    assert len(batch) == 2 and batch.fmt == "ArrowStream"
+    table = pa.ipc.open_stream(batch.data).read_all()
+    assert table.column_names == list(USAGE_COLUMNS) and table.num_rows == 2
+    assert table.column("total_cost").to_pylist()[1] == D("0.5")
