@@ -24,6 +24,7 @@ from pipeline.benchmark.http_ingest import run as http_ingest
 from pipeline.benchmark.scale_out import run as scale_out
 from pipeline.benchmark.throughput import free_port, make_events
 from pipeline.benchmark.throughput import run as throughput
+from pipeline.core.numbers import MAX_THRESHOLDS
 from pipeline.embedded.broker import EmbeddedBroker
 
 Progress = Callable[[str], None]
@@ -227,9 +228,12 @@ def latency_and_decisions(rate: float = 1000.0, seconds: float = 20.0,
                     pass
                 time.sleep(0.2)
             tenants = [f"tenant-{i:05d}" for i in range(50)]
-            thresholds = [str(t) for t in range(1, 101)]
-            limit = str(int(rate * seconds / len(tenants) * 100 * 5))  # ~20 crossings each
-            for t in tenants:  # a threshold every 1%: a breach every ~20 events per tenant
+            # a threshold every 1% up to the API's maximum count (MAX_THRESHOLDS, 1-20%);
+            # each tenant's traffic reaches ~20% of its limit: ~20 crossings each, a breach
+            # every ~20 events per tenant
+            thresholds = [str(t) for t in range(1, MAX_THRESHOLDS + 1)]
+            limit = str(int(rate * seconds / len(tenants) * 100 * 5))
+            for t in tenants:
                 _http(f"{url}/api/budgets/lat-{t}", "PUT",
                       {"tenant_id": t, "limit": limit, "metric": "tokens", "period": "day",
                        "thresholds": thresholds})
@@ -358,6 +362,11 @@ def run_all(progress: Progress = lambda s: None, quick: bool = False) -> dict[st
     out.update(forecast_speed(100 if quick else 300))
     progress("spend-velocity alerts (a simulated week)")
     out.update(asyncio.run(anomaly_week()))
+    from pipeline.benchmark.burst import burst, sdk_latency  # it imports this module
+
+    progress("bursty single-event traffic (6,000 msgs/s peak)")
+    out.update(burst(progress=progress))
+    out.update(sdk_latency(seconds=8 if quick else 15, progress=progress))
     return out
 
 
