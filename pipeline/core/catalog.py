@@ -9,6 +9,8 @@ the catalog does not list is an unknown model (dead letter; ``tokenmeter prices 
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -114,6 +116,32 @@ class ModelPrice(BaseModel):
         return best
 
 
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """``ModelPrice.at`` as a lookup: the version in force between consecutive boundaries.
+
+    Whether a version covers an instant changes only at an ``effective_from`` or
+    ``effective_to``, so between two consecutive boundaries ``at`` has one answer: computed
+    once per segment here, found by bisection per event.
+    """
+
+    boundaries: tuple[datetime, ...]
+    answers: tuple[PriceVersion | None, ...]
+
+    @classmethod
+    def of(cls, model: ModelPrice) -> Timeline:
+        """The segments of ``model``'s price history."""
+        points = {v.effective_from for v in model.versions}
+        points.update(v.effective_to for v in model.versions if v.effective_to is not None)
+        boundaries = tuple(sorted(points))
+        return cls(boundaries, tuple(model.at(b) for b in boundaries))
+
+    def at(self, when: datetime) -> PriceVersion | None:
+        """The same answer as ``ModelPrice.at(when)``."""
+        i = bisect_right(self.boundaries, when) - 1
+        return self.answers[i] if i >= 0 else None
+
+
 class Catalog(BaseModel):
     """All models; resolves (provider, model id or alias) to one entry."""
 
@@ -134,6 +162,7 @@ class Catalog(BaseModel):
         object.__setattr__(self, "_index", index)
         object.__setattr__(self, "_home", home)
         object.__setattr__(self, "_resolved", {})
+        object.__setattr__(self, "_timelines", {})
 
     def resolve(self, name: str, provider: str | None = None) -> ModelPrice | None:
         """The entry for ``name`` at ``provider``: never another provider's entry.
@@ -176,13 +205,24 @@ class Catalog(BaseModel):
                 f"model {name!r}{at_provider} is not in the price catalog; add it "
                 "(tokenmeter prices import) and replay the DLQ",
             )
-        version = model.at(at)
+        version = self.timeline(model).at(at)
         if version is None:
             raise PricingError(
                 "unknown_model",
                 f"model {name!r} ({model.provider}) has no price in force at {at.isoformat()}",
             )
         return model, version
+
+    def timeline(self, model: ModelPrice) -> Timeline:
+        """``model``'s price history as a Timeline (built once per entry of this catalog)."""
+        memo: dict[int, tuple[ModelPrice, Timeline]] = self._timelines  # type: ignore[attr-defined]
+        hit = memo.get(id(model))
+        if hit is not None and hit[0] is model:
+            return hit[1]
+        line = Timeline.of(model)
+        if len(memo) < 10_000:  # holds the entry, so its id is not reused while memoized
+            memo[id(model)] = (model, line)
+        return line
 
 
 def _provider_key(provider: str) -> str:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 from pipeline.core.catalog import Catalog
 from pipeline.core.events import DeadLetter, PricedUsage, UsageEvent, cache_writes_1h
-from pipeline.core.pricing import TokenCounts, cost_lines
+from pipeline.core.pricing import RateMemo, TokenCounts, line_costs
 from pipeline.core.scoring import ValuePolicy, score
 from pipeline.core.tokens import TokenCounter
 from pipeline.core.validate import decode_message, safe_raw, validate_event
@@ -38,6 +39,21 @@ class Meter:
         self.catalog = catalog
         self.policy = policy
         self.counter = counter or TokenCounter()
+        self._rates = RateMemo()
+        # (task_type, criticality, user_tier) -> (weight, tier): the policy is immutable;
+        # bounded because task types and user tiers come from producers
+        self._scores: dict[tuple[str | None, str, str | None], tuple[Decimal, str]] = {}
+
+    def _score(self, tokens: int, task_type: str | None, criticality: str,
+               user_tier: str | None) -> tuple[Decimal, Decimal, str]:
+        key = (task_type, criticality, user_tier)
+        hit = self._scores.get(key)
+        if hit is None:
+            weight, _, tier = score(self.policy, 0, task_type, criticality, user_tier)
+            hit = (weight, tier)
+            if len(self._scores) < 10_000:
+                self._scores[key] = hit
+        return hit[0], hit[0] * tokens, hit[1]
 
     def price(self, event: UsageEvent) -> PricedUsage:
         """Price and score one validated event (raises PricingError for unknown models)."""
@@ -82,16 +98,10 @@ class Meter:
             reasoning_output_tokens=event.reasoning_output_tokens,
             cache_creation_1h_input_tokens=writes_1h,
         )
-        lines = cost_lines(
-            counts,
-            model,
-            version,
-            currency=self.catalog.currency,
-            service_tier=event.service_tier.value,
-            cache_hit=event.cache_hit,
-        )
-        weight, units, tier = score(
-            self.policy,
+        input_cost, read_cost, write_cost, output_cost, reasoning_cost, total, saved = \
+            line_costs(counts, model, version, service_tier=event.service_tier.value,
+                       cache_hit=event.cache_hit, memo=self._rates)
+        weight, units, tier = self._score(
             input_tokens + output_tokens,
             event.task_type,
             event.criticality.value,
@@ -108,11 +118,10 @@ class Meter:
             criticality=event.criticality, user_tier=event.user_tier,
             service_tier=event.service_tier, cache_hit=event.cache_hit, token_source=source,
             reservation_id=event.reservation_id,
-            input_cost=lines.input_cost, cache_read_cost=lines.cache_read_cost,
-            cache_write_cost=lines.cache_write_cost, output_cost=lines.output_cost,
-            reasoning_cost=lines.reasoning_cost, total_cost=lines.total_cost,
-            saved_cost=lines.saved_cost, currency=lines.currency,
-            price_version=lines.price_version, priced_model=lines.priced_model,
+            input_cost=input_cost, cache_read_cost=read_cost, cache_write_cost=write_cost,
+            output_cost=output_cost, reasoning_cost=reasoning_cost, total_cost=total,
+            saved_cost=saved, currency=self.catalog.currency, price_version=version.version,
+            priced_model=model.model,
             value_weight=weight, value_units=units, value_tier=tier,
         )
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from pipeline.core.catalog import PER_MILLION, RATE_FIELDS, ModelPrice, PartialRates, PriceVersion
 from pipeline.core.events import CostLines
@@ -30,9 +31,11 @@ from pipeline.errors import PricingError
 ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
-class TokenCounts:
+class TokenCounts(NamedTuple):
     """Token counts of one call, OpenTelemetry GenAI semantics.
+
+    A NamedTuple, not a frozen dataclass: one is built per event on the hot path, and a
+    frozen dataclass's ``__init__`` costs three times as much.
 
     ``cache_creation_input_tokens`` counts every cache write; ``cache_creation_1h_input_tokens``
     is the part of them written with a one-hour TTL (the rest are 5-minute writes).
@@ -135,6 +138,34 @@ def _need(rate: Rate | None, tokens: int, what: str, version: PriceVersion) -> R
 WRITES_BILLED_AS_INPUT = frozenset({"openai", "azure", "google"})
 
 
+def _line_rates(counts: TokenCounts, r: ComposedRates, version: PriceVersion,
+                writes_as_input: bool) -> list[tuple[str, int, Rate]]:
+    """(line, tokens, rate) of every line of the call: the one place step 4 lives."""
+    reads = counts.cache_read_input_tokens
+    writes = counts.cache_creation_input_tokens
+    writes_1h = counts.cache_creation_1h_input_tokens
+    reasoning = counts.reasoning_output_tokens
+    writes_5m = writes - writes_1h
+    lines = [("input", counts.input_tokens - reads - writes, r.input),
+             ("output", counts.output_tokens - reasoning, r.output)]
+    if reads:
+        lines.append(("cache_read", reads, _need(r.cache_read, reads, "cache-read", version)))
+    if writes_5m:
+        rate = r.cache_write_5m
+        if rate is None and writes_as_input:
+            # no listed write price: billed as input (OpenAI and Google charge creation so)
+            rate = Rate(r.input.value, f"{r.input.source} (write as input)")
+        lines.append(("cache_write_5m", writes_5m,
+                      _need(rate, writes_5m, "cache-write", version)))
+    if writes_1h:
+        lines.append(("cache_write_1h", writes_1h,
+                      _need(r.cache_write_1h, writes_1h, "1-hour cache-write", version)))
+    if reasoning:
+        rate = r.reasoning or Rate(r.output.value, f"{r.output.source} (reasoning as output)")
+        lines.append(("reasoning", reasoning, rate))
+    return lines
+
+
 def price_lines(counts: TokenCounts, version: PriceVersion, service_tier: str = "standard",
                 *, writes_as_input: bool = True) -> list[Line]:
     """The call's lines with the rate that prices each (step 4: cache TTLs).
@@ -143,30 +174,80 @@ def price_lines(counts: TokenCounts, version: PriceVersion, service_tier: str = 
     otherwise such writes are refused.
     """
     r = compose(version, counts.input_tokens, service_tier)
-    writes_1h = counts.cache_creation_1h_input_tokens
-    writes_5m = counts.cache_creation_input_tokens - writes_1h
-    uncached = counts.input_tokens - counts.cache_read_input_tokens \
-        - counts.cache_creation_input_tokens
-    lines = [Line("input", uncached, r.input),
-             Line("output", counts.output_tokens - counts.reasoning_output_tokens, r.output)]
-    if counts.cache_read_input_tokens:
-        lines.append(Line("cache_read", counts.cache_read_input_tokens,
-                          _need(r.cache_read, counts.cache_read_input_tokens, "cache-read",
-                                version)))
-    if writes_5m:
-        rate = r.cache_write_5m
-        if rate is None and writes_as_input:
-            # no listed write price: billed as input (OpenAI and Google charge creation so)
-            rate = Rate(r.input.value, f"{r.input.source} (write as input)")
-        lines.append(Line("cache_write_5m", writes_5m,
-                          _need(rate, writes_5m, "cache-write", version)))
-    if writes_1h:
-        lines.append(Line("cache_write_1h", writes_1h,
-                          _need(r.cache_write_1h, writes_1h, "1-hour cache-write", version)))
-    if counts.reasoning_output_tokens:
-        rate = r.reasoning or Rate(r.output.value, f"{r.output.source} (reasoning as output)")
-        lines.append(Line("reasoning", counts.reasoning_output_tokens, rate))
-    return lines
+    return [Line(name, tokens, rate)
+            for name, tokens, rate in _line_rates(counts, r, version, writes_as_input)]
+
+
+class RateMemo:
+    """``compose`` memoized per (model entry, price version, band, service tier).
+
+    A catalog is immutable, so the composed rates of a version never change; the memo holds
+    the entry and version it keys by identity, so their ids are not reused while it lives.
+    One per Meter (not module state); bounded, since tiers and versions are few.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._memo: dict[tuple[int, int, bool, str],
+                         tuple[ModelPrice, PriceVersion, ComposedRates, bool]] = {}
+
+    def get(self, model: ModelPrice, version: PriceVersion, prompt_tokens: int,
+            service_tier: str) -> tuple[ComposedRates, bool]:
+        """(composed rates, whether unlisted cache writes bill as input) for one call."""
+        lc = version.long_context
+        key = (id(model), id(version), lc is not None and prompt_tokens > lc.threshold,
+               service_tier)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is model and hit[1] is version:
+            return hit[2], hit[3]
+        rates = compose(version, prompt_tokens, service_tier)
+        as_input = writes_bill_as_input(model)
+        if len(self._memo) < self._limit:
+            self._memo[key] = (model, version, rates, as_input)
+        return rates, as_input
+
+
+def writes_bill_as_input(model: ModelPrice) -> bool:
+    """Whether the provider bills a cache write with no listed price as ordinary input."""
+    return (canonical(model.provider) or model.provider) in WRITES_BILLED_AS_INPUT
+
+
+# (input, cache_read, cache_write, output, reasoning, total, saved), CostLines' field order
+Costs = tuple[Decimal, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal]
+
+
+def line_costs(counts: TokenCounts, model: ModelPrice, version: PriceVersion, *,
+               service_tier: str = "standard", cache_hit: bool = False,
+               memo: RateMemo | None = None) -> Costs:
+    """What one call costs, line by line: the one place money is computed.
+
+    Each line costs tokens x rate / 1M; the lines are added in one fixed order (input,
+    output, cache read, cache writes 5m then 1h, reasoning), each sum starting from 0, so
+    the Decimal operations are the same with or without ``memo``. A ``cache_hit`` costs 0
+    and its would-be total is the saving.
+    """
+    if memo is None:
+        rates = compose(version, counts.input_tokens, service_tier)
+        writes_as_input = writes_bill_as_input(model)
+    else:
+        rates, writes_as_input = memo.get(model, version, counts.input_tokens, service_tier)
+    inp = out = read = write = reasoning = ZERO
+    for name, tokens, rate in _line_rates(counts, rates, version, writes_as_input):
+        cost = tokens * rate.value / PER_MILLION
+        if name == "input":
+            inp += cost
+        elif name == "output":
+            out += cost
+        elif name == "cache_read":
+            read += cost
+        elif name == "reasoning":
+            reasoning += cost
+        else:
+            write += cost
+    total = ZERO + inp + out + read + write + reasoning
+    if cache_hit:
+        return ZERO, ZERO, ZERO, ZERO, ZERO, ZERO, total
+    return inp, read, write, out, reasoning, total, ZERO
 
 
 def cost_lines(
@@ -177,26 +258,12 @@ def cost_lines(
     currency: str,
     service_tier: str = "standard",
     cache_hit: bool = False,
+    memo: RateMemo | None = None,
 ) -> CostLines:
     """Price one call; the lines always sum to the would-be total."""
-    costs = {"input": ZERO, "output": ZERO, "cache_read": ZERO, "cache_write": ZERO,
-             "reasoning": ZERO}
-    writes_as_input = (canonical(model.provider) or model.provider) in WRITES_BILLED_AS_INPUT
-    for line in price_lines(counts, version, service_tier, writes_as_input=writes_as_input):
-        key = "cache_write" if line.name.startswith("cache_write") else line.name
-        costs[key] += line.cost
-    total = sum(costs.values(), ZERO)
-    if cache_hit:
-        return CostLines(saved_cost=total, currency=currency, price_version=version.version,
-                         priced_model=model.model)
-    return CostLines(
-        input_cost=costs["input"],
-        cache_read_cost=costs["cache_read"],
-        cache_write_cost=costs["cache_write"],
-        output_cost=costs["output"],
-        reasoning_cost=costs["reasoning"],
-        total_cost=total,
-        currency=currency,
-        price_version=version.version,
-        priced_model=model.model,
-    )
+    inp, read, write, out, reasoning, total, saved = line_costs(
+        counts, model, version, service_tier=service_tier, cache_hit=cache_hit, memo=memo)
+    return CostLines(input_cost=inp, cache_read_cost=read, cache_write_cost=write,
+                     output_cost=out, reasoning_cost=reasoning, total_cost=total,
+                     saved_cost=saved, currency=currency, price_version=version.version,
+                     priced_model=model.model)
