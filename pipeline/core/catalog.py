@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_right
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from functools import lru_cache
 from importlib import resources
@@ -131,8 +131,11 @@ class Timeline:
     @classmethod
     def of(cls, model: ModelPrice) -> Timeline:
         """The segments of ``model``'s price history."""
-        points = {v.effective_from for v in model.versions}
-        points.update(v.effective_to for v in model.versions if v.effective_to is not None)
+        # as UTC instants: two datetimes in one zone compare by wall clock, so a repeated
+        # daylight-saving hour would merge two boundaries an hour apart
+        points = {v.effective_from.astimezone(timezone.utc) for v in model.versions}
+        points.update(v.effective_to.astimezone(timezone.utc) for v in model.versions
+                      if v.effective_to is not None)
         boundaries = tuple(sorted(points))
         return cls(boundaries, tuple(model.at(b) for b in boundaries))
 

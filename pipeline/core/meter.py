@@ -43,9 +43,13 @@ class Meter:
         # (task_type, criticality, user_tier) -> (weight, tier): the policy is immutable;
         # bounded because task types and user tiers come from producers
         self._scores: dict[tuple[str | None, str, str | None], tuple[Decimal, str]] = {}
+        self._scored_by = policy
 
     def _score(self, tokens: int, task_type: str | None, criticality: str,
                user_tier: str | None) -> tuple[Decimal, Decimal, str]:
+        if self._scored_by is not self.policy:  # a new policy: nothing memoized holds
+            self._scores.clear()
+            self._scored_by = self.policy
         key = (task_type, criticality, user_tier)
         hit = self._scores.get(key)
         if hit is None:

@@ -20,7 +20,7 @@ the caller's own cache) costs 0 and records the would-be cost as ``saved_cost``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, getcontext
 from typing import NamedTuple
 
 from pipeline.core.catalog import PER_MILLION, RATE_FIELDS, ModelPrice, PartialRates, PriceVersion
@@ -179,7 +179,7 @@ def price_lines(counts: TokenCounts, version: PriceVersion, service_tier: str = 
 
 
 class RateMemo:
-    """``compose`` memoized per (model entry, price version, band, service tier).
+    """``compose`` memoized per (model entry, price version, band, service tier, context).
 
     A catalog is immutable, so the composed rates of a version never change; the memo holds
     the entry and version it keys by identity, so their ids are not reused while it lives.
@@ -188,15 +188,16 @@ class RateMemo:
 
     def __init__(self, limit: int = 4096) -> None:
         self._limit = limit
-        self._memo: dict[tuple[int, int, bool, str],
+        self._memo: dict[tuple[int, int, bool, str, int, str],
                          tuple[ModelPrice, PriceVersion, ComposedRates, bool]] = {}
 
     def get(self, model: ModelPrice, version: PriceVersion, prompt_tokens: int,
             service_tier: str) -> tuple[ComposedRates, bool]:
         """(composed rates, whether unlisted cache writes bill as input) for one call."""
         lc = version.long_context
+        ctx = getcontext()  # a tier multiplier's product depends on the Decimal context
         key = (id(model), id(version), lc is not None and prompt_tokens > lc.threshold,
-               service_tier)
+               service_tier, ctx.prec, ctx.rounding)
         hit = self._memo.get(key)
         if hit is not None and hit[0] is model and hit[1] is version:
             return hit[2], hit[3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -75,3 +76,19 @@ def test_price_version_uses_each_catalogs_own_history() -> None:
         assert new.price_version("m", when, "openai")[1].version == "f"
     with pytest.raises(PricingError, match="no price in force"):
         old.price_version("m", datetime(2023, 6, 1, tzinfo=UTC), "openai")
+
+
+def test_a_repeated_daylight_saving_hour_keeps_its_boundaries_apart() -> None:
+    # New York falls back on 2025-11-02: 01:20 EDT is 05:20Z, 01:20 EST (fold=1) 06:20Z;
+    # in one zone the two compare equal by wall clock, as instants they are an hour apart
+    ny = ZoneInfo("America/New_York")
+    hour = PriceVersion(version="v0", effective_from=datetime(2025, 11, 2, 1, 20, tzinfo=ny),
+                        effective_to=datetime(2025, 11, 2, 1, 20, fold=1, tzinfo=ny),
+                        input="1", output="2")
+    model = ModelPrice(model="m", provider="openai", versions=[hour])
+    catalog = Catalog(models=[model])
+    for minute in (20, 50):
+        when = datetime(2025, 11, 2, 5, minute, tzinfo=UTC)
+        assert model.at(when) is hour
+        assert catalog.price_version("m", when, "openai")[1] is hour
+    assert Timeline.of(model).at(datetime(2025, 11, 2, 6, 20, tzinfo=UTC)) is None

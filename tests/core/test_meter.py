@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import datetime, timezone
+from decimal import Decimal
 
 import pytest
 
@@ -84,3 +85,13 @@ def test_score_memo_is_bounded_by_distinct_kinds_of_call() -> None:
     late = meter.meter_object({**base, "event_id": "x", "task_type": "regulatory_compliance"},
                               now=NOW)
     assert late.value_tier == "critical" and late.value_units == late.value_weight * 11
+
+
+def test_a_new_policy_is_not_served_from_the_old_ones_memo() -> None:
+    meter = Meter(CAT, POLICY)
+    event = {"event_id": "e", "timestamp": "2026-05-31T10:00:00Z", "tenant_id": "t",
+             "provider": "openai", "model": "gpt-4o", "input_tokens": 10, "output_tokens": 1,
+             "task_type": "chat"}
+    assert meter.meter_object(event, now=NOW).value_weight == Decimal("0.8")
+    meter.policy = POLICY.model_copy(update={"task_weights": {"chat": Decimal(7)}})
+    assert meter.meter_object(event, now=NOW).value_weight == Decimal(7)

@@ -10,7 +10,7 @@ bands, cache reads and both write lifetimes, reasoning and cache hits.
 from __future__ import annotations
 
 from datetime import timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import pytest
 
@@ -155,3 +155,20 @@ def test_an_unlisted_tier_is_refused_every_time() -> None:
         with pytest.raises(PricingError, match="lists no 'flex' service tier"):
             memo.get(model, version, 10, "flex")
     assert not memo._memo
+
+
+def test_memo_follows_the_decimal_context() -> None:
+    # a batch rate is base x multiplier: 1.23456 x 0.5 has 5 digits, more than prec=4 keeps
+    version = PriceVersion.model_validate({
+        "version": "v", "effective_from": "2025-01-01T00:00:00Z", "input": "1.23456",
+        "output": "2", "tiers": {"batch": {"multiplier": "0.5"}}})
+    model = ModelPrice(model="m", provider="openai", versions=[version])
+    memo = RateMemo()
+    counts = TokenCounts(1_000_000, 0)
+    with localcontext() as ctx:
+        ctx.prec = 4
+        narrow = line_costs(counts, model, version, service_tier="batch", memo=memo)
+        assert narrow[0] == Decimal("0.6173")
+    wide = line_costs(counts, model, version, service_tier="batch", memo=memo)
+    assert wide[0] == Decimal("0.61728")
+    assert wide == _before(counts, model, version, "batch", False)
