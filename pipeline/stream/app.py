@@ -273,8 +273,10 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     runtime.actions = actions = wire_actions(app, runtime, breaches_topic)
     from pipeline.stream.outcomes import OutcomeWriter, wire_outcomes
 
-    # producers' quality signals per call: their own agent, off the metering path
-    wire_outcomes(app, raw_topic(TOPIC_OUTCOMES), OutcomeWriter(sink, publish_dlq, clock))
+    # producers' quality signals per call: their own agent off the metering path, with a
+    # sink of its own (an outcome ClickHouse refuses never marks the metering sink failed)
+    wire_outcomes(app, raw_topic(TOPIC_OUTCOMES), OutcomeWriter(Sink(store), publish_dlq,
+                                                                clock))
     clearing: set[asyncio.Task[Any]] = set()
 
     def anomaly_over(budget_id: str, now: datetime) -> None:
