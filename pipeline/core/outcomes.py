@@ -105,7 +105,7 @@ def validate_outcome(obj: Any, *, now: datetime) -> Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a message came from (for dead letters and idempotent rows)."""
+    """Where a message came from (what its dead letters name)."""
 
     topic: str
     partition: int
