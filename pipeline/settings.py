@@ -16,6 +16,7 @@ TOPIC_EVENTS = "usage-events"
 TOPIC_DLQ = "usage-events-dlq"
 TOPIC_BUDGETS = "budgets"
 TOPIC_BREACHES = "budget-breaches"
+TOPIC_OUTCOMES = "usage-outcomes"
 
 
 class Settings(BaseSettings):

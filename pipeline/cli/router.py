@@ -79,9 +79,26 @@ def source_name(path: Path) -> str:
     return stem[5:] if stem.startswith("mmlu_") else stem
 
 
+def _own_traffic_rows(reader: csv.DictReader[str], path: Path) -> list[Row]:
+    # a team's own labels (docs/routing.md, "Learning from your own traffic"): production only
+    # sees the model it called, so a weak-routed call's success is weak_ok and strong_ok is
+    # unknown unless the file says: assumed True (the strong model as the quality bar)
+    fields = list(reader.fieldnames or [])
+    rows: list[Row] = []
+    for rec in reader:
+        line = reader.line_num
+        strong = (rec.get("strong_ok") or "").strip()
+        rows.append(Row((rec.get("source") or "").strip() or source_name(path),
+                        rec["prompt"] or "", _bool(rec.get("weak_ok"), path, line, "weak_ok"),
+                        _bool(strong, path, line, "strong_ok")
+                        if "strong_ok" in fields and strong else True))
+    return rows
+
+
 def read_rows(paths: Iterable[Path], weak_column: str = WEAK_COLUMN,
               strong_column: str = STRONG_COLUMN) -> list[Row]:
-    """Labelled rows of RouteLLM-style CSV files (prompt, one True/False column per model)."""
+    """Labelled rows of CSV files: RouteLLM's shape (prompt, one True/False column per
+    model), or a team's own (prompt, weak_ok, optional strong_ok and source)."""
     rows: list[Row] = []
     for path in paths:
         try:
@@ -93,6 +110,9 @@ def read_rows(paths: Iterable[Path], weak_column: str = WEAK_COLUMN,
             fields = list(reader.fieldnames or [])
             if "prompt" not in fields:
                 raise ConfigError(f"{path}: no 'prompt' column (columns: {', '.join(fields)})")
+            if "weak_ok" in fields:
+                rows.extend(_own_traffic_rows(reader, path))
+                continue
             weak = _find_column(fields, weak_column, path, "weak")
             strong = _find_column(fields, strong_column, path, "strong")
             weak_resp = f"{weak}_response" if f"{weak}_response" in fields else None
@@ -539,9 +559,10 @@ def _pair(text: str) -> list[int]:
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add `router train|eval|route` to the tokenmeter parser."""
-    p = sub.add_parser("router", help="learned model router: train, evaluate, route",
-                       description="learned model router: train, evaluate, route")
+    """Add `router train|eval|route|compare|outcomes` to the tokenmeter parser."""
+    p = sub.add_parser("router", help="learned model router: train, evaluate, route, compare",
+                       description="learned model router: train, evaluate, route; compare "
+                                   "routes by their outcomes")
     rsub = p.add_subparsers(dest="router_command", required=True, metavar="ACTION")
 
     sp = rsub.add_parser("train", help="fit a router on labelled CSV files")
@@ -603,4 +624,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     sp.add_argument("--threshold-shift", type=float, default=0.0,
                     help="positive: move the threshold toward the weak model")
     sp.set_defaults(func=route_file)
+
+    from pipeline.cli import outcomes
+
+    outcomes.register(rsub, common)
 

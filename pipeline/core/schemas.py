@@ -15,6 +15,7 @@ from pydantic import TypeAdapter
 from pipeline.core.budgets import Budget, BudgetBreach
 from pipeline.core.events import DeadLetter, PricedUsage, UsageEvent
 from pipeline.core.forecast import Forecast
+from pipeline.core.outcomes import Outcome
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -26,7 +27,7 @@ def message_models() -> dict[str, Any]:
         "priced_usage": PricedUsage,
         "dead_letter": DeadLetter,
     }
-    models.update(budget=Budget, budget_breach=BudgetBreach, forecast=Forecast)
+    models.update(budget=Budget, budget_breach=BudgetBreach, forecast=Forecast, outcome=Outcome)
     return models
 
 
@@ -41,7 +42,7 @@ def expected_files() -> dict[str, str]:
     out = {}
     for stem, model in message_models().items():
         mode: Literal["validation", "serialization"] = (
-            "validation" if stem in ("usage_event", "budget") else "serialization")
+            "validation" if stem in ("usage_event", "budget", "outcome") else "serialization")
         out[f"{stem}.schema.json"] = render(model, mode)
     return out
 

@@ -27,6 +27,13 @@ reservation names the run (``trace_id`` and ``attributes.run_id``, as the run's 
 Events get an ``event_id`` (UUID) and a UTC timestamp, are validated before sending (a bad
 event raises ``ValidationFailed`` at the call site, not in the pipeline), and go out as batch
 envelopes of up to ``batch_size`` events per tenant or after ``linger_ms``.
+
+Outcomes report how a metered call went (``success``, a ``score`` in [0, 1], an end user's
+``feedback``), by the ``event_id`` ``record`` returned; they go to the ``usage-outcomes``
+topic (docs/routing.md, "Outcomes")::
+
+    event_id = meter.record(tenant_id="acme", provider="openai", model=route.model, ...)
+    meter.outcome(event_id=event_id, tenant_id="acme", success=tests_passed)
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.core.catalog import Catalog, load_catalog
+from pipeline.core.outcomes import validate_outcome
 from pipeline.core.validate import validate_event
 from pipeline.errors import PricingError, ValidationFailed
 from pipeline.stream.topics import PRODUCER_SIZES
@@ -96,10 +104,16 @@ class AsyncUsageProducer:
     def __init__(self, bootstrap_servers: str, *, topic: str = "usage-events",
                  batch_size: int = 100, linger_ms: float = 50, catalog: Catalog | None = None,
                  clock: Callable[[], datetime] | None = None, api_url: str | None = None,
-                 api_token: str | None = None, **kafka_options: Any) -> None:
+                 api_token: str | None = None, outcomes_topic: str | None = None,
+                 **kafka_options: Any) -> None:
         if not 1 <= batch_size <= 1000:
             raise ValueError("batch_size must be between 1 and 1000 (the envelope limit)")
         self.topic = topic
+        # by default the events topic's name with usage-events -> usage-outcomes, so a
+        # TOKENMETER_TOPIC_PREFIX carries over
+        self.outcomes_topic = outcomes_topic or (
+            topic[: -len("usage-events")] + "usage-outcomes"
+            if topic.endswith("usage-events") else "usage-outcomes")
         self.batch_size = batch_size
         # the worker's HTTP API (reservations) and its bearer token, when set
         self.api_url = api_url
@@ -170,6 +184,24 @@ class AsyncUsageProducer:
                                           lambda: asyncio.ensure_future(self._send_all()))
         return str(event["event_id"])
 
+    async def outcome(self, *, event_id: str, tenant_id: str, success: bool | None = None,
+                      score: float | None = None, feedback: str | None = None,
+                      source: str | None = None, timestamp: datetime | None = None) -> None:
+        """Send the outcome of a recorded call (at least one of success, score, feedback);
+        raises ValidationFailed with the reason code the pipeline would give it."""
+        now = self.clock()
+        body: dict[str, Any] = {"event_id": event_id, "tenant_id": tenant_id,
+                                "timestamp": (timestamp or now).isoformat()}
+        for name, value in (("success", success), ("score", score), ("feedback", feedback),
+                            ("source", source)):
+            if value is not None:
+                body[name] = value
+        validate_outcome(body, now=now)
+        fut = await self._producer.send(self.outcomes_topic, json.dumps(body).encode(),
+                                        key=tenant_id.encode())
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+
     async def _send(self, tenant: str) -> None:
         events = self._buffers.pop(tenant, [])
         if not events:
@@ -227,6 +259,14 @@ class UsageProducer:
         if held is not None:
             held.events += 1
         return event_id
+
+    def outcome(self, *, event_id: str, tenant_id: str, success: bool | None = None,
+                score: float | None = None, feedback: str | None = None,
+                source: str | None = None, timestamp: datetime | None = None) -> None:
+        """Send the outcome of a recorded call (raises ValidationFailed if invalid)."""
+        self._call(self._async.outcome(event_id=event_id, tenant_id=tenant_id,
+                                       success=success, score=score, feedback=feedback,
+                                       source=source, timestamp=timestamp))
 
     def reserve(self, *, tenant_id: str, model: str, estimated_input_tokens: int,
                 estimated_output_tokens: int, **params: Any) -> Reservation:

@@ -15,7 +15,14 @@ from pipeline.core.catalog import Catalog
 from pipeline.core.meter import Meter
 from pipeline.core.reservations import HoldBook
 from pipeline.core.scoring import ValuePolicy
-from pipeline.settings import TOPIC_BREACHES, TOPIC_BUDGETS, TOPIC_DLQ, TOPIC_EVENTS, Settings
+from pipeline.settings import (
+    TOPIC_BREACHES,
+    TOPIC_BUDGETS,
+    TOPIC_DLQ,
+    TOPIC_EVENTS,
+    TOPIC_OUTCOMES,
+    Settings,
+)
 from pipeline.store.client import Store
 from pipeline.store.sink import STATUS_COLUMNS, Sink
 from pipeline.stream.budget_feed import run_budget_feed
@@ -264,6 +271,12 @@ def build_app(settings: Settings, store: Store, catalog: Catalog, policy: ValueP
     # breaches turn budget actions on and go out to webhooks (an agent of their own; it
     # also registers POST /api/budgets/{id}/reset)
     runtime.actions = actions = wire_actions(app, runtime, breaches_topic)
+    from pipeline.stream.outcomes import OutcomeWriter, wire_outcomes
+
+    # producers' quality signals per call: their own agent off the metering path, with a
+    # sink of its own (an outcome ClickHouse refuses never marks the metering sink failed)
+    wire_outcomes(app, raw_topic(TOPIC_OUTCOMES), OutcomeWriter(Sink(store), publish_dlq,
+                                                                clock))
     clearing: set[asyncio.Task[Any]] = set()
 
     def anomaly_over(budget_id: str, now: datetime) -> None:

@@ -16,6 +16,7 @@ from pipeline.settings import (
     TOPIC_BUDGETS,
     TOPIC_DLQ,
     TOPIC_EVENTS,
+    TOPIC_OUTCOMES,
     Settings,
 )
 
@@ -81,7 +82,8 @@ async def kafka_producer(settings: Settings, purpose: str, *,
 
 
 async def ensure_topics(settings: Settings, timeout: float = 10.0) -> list[str]:
-    """Create usage-events, usage-events-dlq, budgets (compacted), budget-breaches if missing."""
+    """Create usage-events, usage-events-dlq, budgets (compacted), budget-breaches and
+    usage-outcomes if missing."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -107,6 +109,7 @@ async def ensure_topics(settings: Settings, timeout: float = 10.0) -> list[str]:
             settings.topic(TOPIC_DLQ): {},
             settings.topic(TOPIC_BUDGETS): {"cleanup.policy": "compact"},
             settings.topic(TOPIC_BREACHES): {},
+            settings.topic(TOPIC_OUTCOMES): {},
         }
         new = [
             NewTopic(name, settings.partitions, 1, topic_configs=cfg)

@@ -63,7 +63,7 @@ def test_ensure_topics(broker: EmbeddedBroker, topic_prefix: str) -> None:
     created = asyncio.run(ensure_topics(s))
     assert sorted(created) == sorted(topic_prefix + t for t in
                                      ("usage-events", "usage-events-dlq", "budgets",
-                                      "budget-breaches"))
+                                      "budget-breaches", "usage-outcomes"))
     assert asyncio.run(ensure_topics(s)) == []  # idempotent
 
     async def partitions() -> int:
