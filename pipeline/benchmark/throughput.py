@@ -131,8 +131,12 @@ def _metrics(url: str) -> dict[str, float]:
 
 
 def worker_rate(bootstrap: str, prefix: str, n: int, partitions: int,
-                extra_env: dict[str, str] | None = None) -> float:
-    """events/s of a real `tokenmeter worker` from its first to its n-th stored event."""
+                extra_env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
+    """events/s of a real `tokenmeter worker` from its first to its n-th stored event.
+
+    ``cwd``: run the worker of another checkout (``python -m`` imports from the directory it
+    runs in), for before/after rows measured in one run (pipeline/benchmark/ab.py).
+    """
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="tm-bench-") as data:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
@@ -141,7 +145,8 @@ def worker_rate(bootstrap: str, prefix: str, n: int, partitions: int,
                    TOKENMETER_APP_ID=f"bench-{uuid.uuid4().hex[:6]}",
                    TOKENMETER_PARTITIONS=str(partitions), **(extra_env or {}))
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                cwd=cwd)
         url = f"http://127.0.0.1:{port}"
         try:
             t0 = c0 = 0.0
