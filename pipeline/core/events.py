@@ -32,7 +32,12 @@ ONE = Decimal(1)
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        # 0001-01-01T00:00+14:00 has no UTC instant in Python's range: a ValueError makes
+        # it a validation error (invalid_timestamp) instead of an exception that stops a batch
+        raise ValueError("the timestamp's UTC instant is outside years 1-9999") from None
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]

@@ -147,6 +147,12 @@ class Meter:
                 out.priced.append(self.meter_object(item, now=now))
             except ValidationFailed as exc:
                 out.dead.append(_dead(exc.reason_code, exc.detail, item, None, source, now))
+            except Exception as exc:  # one item must never stop the stream
+                # a defect on this input (an exception validation did not turn into a
+                # reason): set aside like any refusal, so the batch and later messages go on
+                out.dead.append(_dead("internal_error", f"{type(exc).__name__}: {exc}; a "
+                                      "tokenmeter defect: report it, replay once fixed",
+                                      item, None, source, now))
         return out
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from pipeline.core.events import DeadLetter, Id, UtcDatetime
+from pipeline.core.events import MAX_ID_CHARS, DeadLetter, Id, UtcDatetime
 from pipeline.core.validate import (
     EARLIEST_EVENT,
     MAX_FUTURE_SKEW,
@@ -29,7 +29,7 @@ from pipeline.errors import ValidationFailed
 MAX_SOURCE_CHARS = 64
 # stable: dead letters of the outcomes topic carry one of these (docs/contracts.md)
 OUTCOME_REASON_CODES = ("invalid_json", "schema", "invalid_timestamp", "too_large",
-                        "no_signal", "out_of_range")
+                        "no_signal", "out_of_range", "internal_error")
 SIGNALS = ("success", "score", "feedback")
 Source = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SOURCE_CHARS,
                                           pattern=r"^[A-Za-z0-9_.:@/-]+$")]
@@ -120,11 +120,26 @@ class Sorted:
     dead: list[tuple[DeadLetter, int]]  # (dead letter, index of the item in its message)
 
 
+def _redacted(item: Any, raw: bytes | None) -> str:
+    """What a dead letter keeps of a refused outcome: its known fields, no free text.
+
+    Outcomes carry no text, so anything else (an unknown field, a non-object item, a
+    message that is not JSON) may be a prompt or an answer sent by mistake: withheld.
+    """
+    if isinstance(item, dict):
+        return safe_raw({k: (v[:MAX_ID_CHARS] if isinstance(v, str) else v)
+                         if k in Outcome.model_fields else "<removed>"
+                         for k, v in item.items()})
+    if item is not None:
+        return f"<{type(item).__name__} withheld: an outcome is a JSON object>"
+    return f"<{len(raw or b'')} bytes withheld: not a JSON outcome>"
+
+
 def _dead(reason: str, detail: str, item: Any, raw: bytes | None, where: Origin,
           received_at: datetime) -> DeadLetter:
     ident = item if isinstance(item, dict) else {}
     event_id, tenant_id = ident.get("event_id"), ident.get("tenant_id")
-    return DeadLetter(reason_code=reason, detail=detail, raw=safe_raw(item, raw),
+    return DeadLetter(reason_code=reason, detail=detail[:1000], raw=_redacted(item, raw),
                       source_topic=where.topic, source_partition=where.partition,
                       source_offset=where.offset,
                       event_id=event_id if isinstance(event_id, str) else None,
@@ -146,6 +161,10 @@ def sort_messages(messages: list[tuple[bytes, Origin]], now: datetime) -> Sorted
                 good.append(validate_outcome(item, now=now))
             except ValidationFailed as exc:
                 dead.append((_dead(exc.reason_code, exc.detail, item, None, where, now), index))
+            except Exception as exc:  # one item must never stop the batch (a defect)
+                dead.append((_dead("internal_error", f"{type(exc).__name__}: {exc}; a "
+                                   "tokenmeter defect: report it", item, None, where, now),
+                             index))
     return Sorted(good, dead)
 
 

@@ -59,6 +59,9 @@ def test_every_signal_together() -> None:
     ({"timestamp": STAMP.replace(tzinfo=None).isoformat()}, "invalid_timestamp"),
     ({"timestamp": 1718000000}, "invalid_timestamp"),
     ({"timestamp": "2019-12-31T23:59:59Z"}, "invalid_timestamp"),
+    # no UTC instant in years 1-9999 (an OverflowError once: the whole batch failed)
+    ({"timestamp": "0001-01-01T00:00:00+01:00"}, "invalid_timestamp"),
+    ({"timestamp": "9999-12-31T23:30:00-01:00"}, "invalid_timestamp"),
     ({"timestamp": (NOW + timedelta(days=1, minutes=1)).isoformat()}, "invalid_timestamp"),
 ])
 def test_refusals_have_stable_reasons(change: dict[str, Any], reason: str) -> None:
@@ -91,3 +94,34 @@ def test_sort_messages_splits_good_from_dead_letters() -> None:
     first = out.dead[0][0]
     assert first.event_id == "e1" and first.tenant_id == "acme"
     assert first.source_topic == "outcomes" and first.received_at == NOW
+
+
+def test_dead_letters_keep_no_free_text() -> None:
+    where = Origin("outcomes", 0, 1)
+    secret = "CUSTOMER SSN 123-45-6789"
+    batch = [(json.dumps({**GOOD, "prompt": secret, "feedback": secret * 20}).encode(), where),
+             (json.dumps([secret]).encode(), where),
+             (f"{{not json {secret}".encode(), where)]
+    dead = [d for d, _ in sort_messages(batch, NOW).dead]
+    assert [d.reason_code for d in dead] == ["schema", "schema", "invalid_json"]
+    kept = json.loads(dead[0].raw)
+    assert kept["prompt"] == "<removed>" and kept["event_id"] == GOOD["event_id"]
+    assert len(kept["feedback"]) == 256  # a known field, capped at an id's length
+    assert "123-45-6789" not in dead[1].raw and "123-45-6789" not in dead[2].raw
+
+
+def test_an_item_validation_fails_on_is_set_aside(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.core.outcomes as outcomes
+
+    real = outcomes.validate_outcome
+
+    def flaky(obj: Any, *, now: Any) -> Any:
+        if obj.get("event_id") == "poison":
+            raise RuntimeError("boom")
+        return real(obj, now=now)
+
+    monkeypatch.setattr(outcomes, "validate_outcome", flaky)
+    batch = [(json.dumps([GOOD, {**GOOD, "event_id": "poison"}]).encode(), Origin("o", 0, 1))]
+    out = sort_messages(batch, NOW)
+    assert [o.event_id for o in out.outcomes] == ["e1"]
+    assert [(d.reason_code, d.event_id) for d, _ in out.dead] == [("internal_error", "poison")]

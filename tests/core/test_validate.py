@@ -51,6 +51,9 @@ def test_valid_event_normalises_to_utc() -> None:
         (ev(timestamp=1717236000), "invalid_timestamp"),
         (ev(timestamp="2031-01-01T00:00:00Z"), "invalid_timestamp"),
         (ev(timestamp="1999-01-01T00:00:00Z"), "invalid_timestamp"),
+        # no UTC instant in years 1-9999: once an OverflowError that stopped the batch
+        (ev(timestamp="0001-01-01T00:00:00+14:00"), "invalid_timestamp"),
+        (ev(timestamp="9999-12-31T23:30:00-01:00"), "invalid_timestamp"),
         (ev(input_tokens=-1), "negative_tokens"),
         (ev(output_tokens=-5), "negative_tokens"),
         (ev(cache_read_input_tokens=-1), "negative_tokens"),
