@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -225,6 +225,30 @@ def decide(req: Request, rooms: list[Room], catalog: Catalog, at: datetime,
     return Decision("allow", req.model, cost,
                     "over a soft budget (alert only); no cheaper model fits" + note,
                     rooms=rooms)
+
+
+def verify_downgrade(req: Request, d: Decision, target_rooms: list[Room], catalog: Catalog,
+                     at: datetime, policy: ValuePolicy | None = None) -> Decision:
+    """A downgrade checked against the rooms of the model it points to.
+
+    ``decide`` and budget actions pick a cheaper model by the requested model's rooms; a
+    budget scoped to the cheaper model itself (``model: gpt-4o-mini``) is only in
+    ``target_rooms``. Allowed there: the downgrade stands, holding on those rooms. Not:
+    that model's own answer (a further downgrade, for the caller to verify in turn, or a
+    deny when one of its hard budgets is exhausted).
+    """
+    target = d.suggested_model
+    if d.decision != "downgrade" or target is None:
+        return d
+    again = decide(replace(req, model=target), target_rooms, catalog, at, policy)
+    if again.decision == "allow":
+        return replace(d, rooms=target_rooms)
+    if again.decision == "downgrade":
+        return replace(d, suggested_model=again.suggested_model,
+                       suggested_cost=again.suggested_cost, rooms=target_rooms,
+                       reason=f"{d.reason}; {target}: {again.reason}")
+    return replace(d, decision="deny", suggested_model=None, suggested_cost=None,
+                   rooms=target_rooms, reason=f"{d.reason}; {target}: {again.reason}")
 
 
 def _text(params: Mapping[str, Any], name: str, default: str | None = None) -> str | None:

@@ -59,12 +59,12 @@ def _unit(params: Mapping[str, Any], name: str) -> float:
     try:
         value = float(raw) if isinstance(raw, str | int | float) and not isinstance(
             raw, bool) else math.nan
-    except ValueError:
+    except (ValueError, OverflowError):  # 10**400 has no float
         value = math.nan
     if not 0.0 <= value <= 1.0:  # NaN fails too
         raise ValidationFailed("bad_request", f"{name} must be a number from 0 to 1, got "
                                f"{str(raw)[:40]!r}")
-    return value
+    return value + 0.0  # -0.0 recorded as 0
 
 
 def verdict_from(params: Mapping[str, Any]) -> Verdict | None:

@@ -424,8 +424,8 @@ def route(artifact: RouterArtifact, text: str, *, threshold_shift: float = 0.0) 
     """Route ``text``: strong when p_weak_ok < threshold - threshold_shift, else weak.
 
     A positive ``threshold_shift`` lowers the threshold, so fewer prompts go to the strong
-    model: the decision API passes one when a budget or pool runs low (or a forecast or
-    anomaly breach is active). A negative shift sends more to the strong model. The applied
+    model (a caller's own lever; the decision API lowers the threshold itself as budgets run
+    low, core/route_policy.py). A negative shift sends more to the strong model. The applied
     threshold is clamped to [0, 1]: a shift of +1 always picks weak, -1 always strong.
     """
     if not math.isfinite(threshold_shift):

@@ -15,7 +15,15 @@ from pydantic import ValidationError
 
 from pipeline.core.actions import apply_actions
 from pipeline.core.budgets import Budget
-from pipeline.core.decision import Decision, Room, applies, decide, request_from, request_key
+from pipeline.core.decision import (
+    Decision,
+    Room,
+    applies,
+    decide,
+    request_from,
+    request_key,
+    verify_downgrade,
+)
 from pipeline.core.decision import Request as DecisionRequest
 from pipeline.core.reservations import HoldBook
 from pipeline.core.route_policy import Verdict, decide_routed, downgrade_target, verdict_from
@@ -33,6 +41,9 @@ def validation_message(exc: ValidationError) -> str:
     )
 
 
+# a downgrade's target is checked against its own budgets; one whose answer is a further
+# downgrade is checked in turn, this many models deep (a provider lists few cheaper ones)
+MAX_DOWNGRADE_HOPS = 3
 ATTR_PARAM = "attr."  # GET /api/decision?attr.api_key=...: an attribute of the request
 
 
@@ -60,6 +71,26 @@ async def rooms_for(processor: Any, req: DecisionRequest, names: set[str], now: 
                               spent.get(pool, Decimal(0)), b.mode, b.metric, held=held,
                               key=key, each=b.each or ""))
     return rooms
+
+
+async def _verified(processor: Any, catalog: Any, req: DecisionRequest, decision: Decision,
+                    now: datetime, holds: HoldBook | None) -> Decision:
+    """A downgrade checked against its target model's own budgets (and holds land there)."""
+    checked: set[str] = set()
+    for _ in range(MAX_DOWNGRADE_HOPS):
+        target = decision.suggested_model
+        if decision.decision != "downgrade" or target is None or target in checked:
+            return decision
+        model = catalog.resolve(target)
+        names = {target} if model is None else {target, model.model}
+        rooms = await rooms_for(processor, replace(req, model=target), names, now, holds)
+        decision = verify_downgrade(req, decision, rooms, catalog, now,
+                                    processor.meter.policy)
+        checked.add(target)
+    if decision.decision == "downgrade" and decision.suggested_model not in checked:
+        return replace(decision, decision="deny", suggested_model=None, suggested_cost=None,
+                       reason=f"{decision.reason}; no cheaper model within its own budgets")
+    return decision
 
 
 async def decide_now(runtime: Any, req: DecisionRequest, now: datetime,
@@ -100,6 +131,7 @@ async def decide_now(runtime: Any, req: DecisionRequest, now: datetime,
         if actives:
             decision = apply_actions(decision, actives, value_tier=req.value_tier, now=now,
                                      cheaper=downgrade_target(catalog, req, decision, now))
+        decision = await _verified(processor, catalog, req, decision, now, holds)
         if then is not None:
             then(decision)
     return 200, (decision, decision.rooms)

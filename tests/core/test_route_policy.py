@@ -58,9 +58,15 @@ def test_verdict_numbers_come_as_strings_or_numbers(value: object) -> None:
         0.8, "r1-test", WEAK, STRONG)
 
 
+def test_negative_zero_is_recorded_as_zero() -> None:
+    v = rp.verdict_from({**PARAMS, "p_weak_ok": "-0"})
+    assert v is not None and str(v.p_weak_ok) == "0.0"
+
+
 @pytest.mark.parametrize("name, value", [
     ("p_weak_ok", None), ("p_weak_ok", "-0.1"), ("p_weak_ok", "1.01"), ("p_weak_ok", "nan"),
     ("p_weak_ok", "inf"), ("p_weak_ok", "high"), ("p_weak_ok", True), ("p_weak_ok", [0.5]),
+    ("p_weak_ok", 10**400), ("route_threshold", 10**400),  # no float: once an OverflowError
     ("route_threshold", None), ("route_threshold", "2"), ("router_version", None),
     ("router_version", ""), ("router_version", "x" * 257), ("weak_model", None),
     ("strong_model", None), ("strong_model", 5),

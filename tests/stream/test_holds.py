@@ -154,3 +154,20 @@ def test_an_event_over_its_estimate_uses_up_the_hold() -> None:
     reserve(runtime, holds, REQ, "r1")
     asyncio.run(proc.process([event(1, 120_000, reservation_id="r1")]))  # 0.30 > 0.25
     assert holds.holds == {} and reserve_room(runtime, holds) == (Decimal("0.30"), 0)
+
+
+def test_a_downgrade_is_checked_against_the_cheaper_models_own_budget() -> None:
+    proc, holds, runtime = rig()
+    # the tenant's $0.20 has no room for gpt-4o's $0.25; the cheapest sibling, gpt-5-nano,
+    # fits there, but a budget of its own (scoped to gpt-5-nano) is spent
+    asyncio.run(proc.budget_changed("b1", budget("b1", limit="0.20")))
+    asyncio.run(proc.budget_changed("nano", budget("nano", limit="0.001", model="gpt-5-nano")))
+    asyncio.run(proc.process([event(1, 40_000, model="gpt-5-nano")]))  # $0.002
+    first = reserve(runtime, holds, REQ, "r1")
+    assert first.decision == "deny" and "nano" in first.reason, first.reason
+    assert "r1" not in holds.holds
+    # with room in it, the downgrade stands and holds on both of gpt-5-nano's budgets
+    asyncio.run(proc.budget_changed("nano", budget("nano", limit="1", model="gpt-5-nano")))
+    second = reserve(runtime, holds, REQ, "r2")
+    assert (second.decision, second.suggested_model) == ("downgrade", "gpt-5-nano")
+    assert set(holds.holds["r2"].amounts) == {("b1", "", ""), ("nano", "", "")}
