@@ -227,28 +227,43 @@ def decide(req: Request, rooms: list[Room], catalog: Catalog, at: datetime,
                     rooms=rooms)
 
 
-def verify_downgrade(req: Request, d: Decision, target_rooms: list[Room], catalog: Catalog,
-                     at: datetime, policy: ValuePolicy | None = None) -> Decision:
-    """A downgrade checked against the rooms of the model it points to.
+def downgrade_candidates(catalog: Catalog, req: Request, d: Decision,
+                         at: datetime) -> list[tuple[str, Decimal]]:
+    """(model, estimate) a downgrade may settle on, in order: the one suggested, then the
+    requested model's provider's other cheaper models, cheapest first."""
+    if d.decision != "downgrade" or d.suggested_model is None or d.suggested_cost is None:
+        return []
+    first = (d.suggested_model, d.suggested_cost)
+    others = cheaper_models(catalog, replace(req, model=d.model), at, d.estimated_cost)
+    return [first, *((name, c) for c, name in others if name != d.suggested_model)]
 
-    ``decide`` and budget actions pick a cheaper model by the requested model's rooms; a
-    budget scoped to the cheaper model itself (``model: gpt-4o-mini``) is only in
-    ``target_rooms``. Allowed there: the downgrade stands, holding on those rooms. Not:
-    that model's own answer (a further downgrade, for the caller to verify in turn, or a
-    deny when one of its hard budgets is exhausted).
+
+def downgrade_within(req: Request, d: Decision, model: str, cost: Decimal, rooms: list[Room],
+                     policy: ValuePolicy | None = None) -> Decision | None:
+    """The downgrade to ``model`` when it fits ``rooms``, the budgets that apply to that model
+    (a budget scoped to it is only there): holds land on them. None when it does not fit."""
+    if not fits(rooms, cost, replace(req, model=model), policy):
+        return None
+    reason = d.reason if model == d.suggested_model else \
+        f"{d.reason}; {d.suggested_model} is over a budget of its own, {model} fits"
+    return replace(d, suggested_model=model, suggested_cost=cost, rooms=rooms, reason=reason)
+
+
+def no_downgrade(req: Request, d: Decision, policy: ValuePolicy | None = None, *,
+                 demanded: bool) -> Decision:
+    """The answer when no cheaper model fits its own budgets.
+
+    ``demanded``: an active budget action asked for the downgrade, which exists to stop the
+    spend: deny. Otherwise the requested model's own answer without one: deny when a hard
+    budget of it has no room, else allow (over a soft budget: alert only).
     """
-    target = d.suggested_model
-    if d.decision != "downgrade" or target is None:
-        return d
-    again = decide(replace(req, model=target), target_rooms, catalog, at, policy)
-    if again.decision == "allow":
-        return replace(d, rooms=target_rooms)
-    if again.decision == "downgrade":
-        return replace(d, suggested_model=again.suggested_model,
-                       suggested_cost=again.suggested_cost, rooms=target_rooms,
-                       reason=f"{d.reason}; {target}: {again.reason}")
-    return replace(d, decision="deny", suggested_model=None, suggested_cost=None,
-                   rooms=target_rooms, reason=f"{d.reason}; {target}: {again.reason}")
+    why = "no cheaper model fits its own budgets"
+    over = [r for r in d.rooms if _over(r, d.estimated_cost, req, policy)]
+    if demanded or any(r.mode is Mode.hard for r in over):
+        return replace(d, decision="deny", suggested_model=None, suggested_cost=None,
+                       reason=f"{d.reason}; {why}")
+    return replace(d, decision="allow", suggested_model=None, suggested_cost=None,
+                   reason=f"over a soft budget (alert only); {why}")
 
 
 def _text(params: Mapping[str, Any], name: str, default: str | None = None) -> str | None:

@@ -20,9 +20,11 @@ from pipeline.core.decision import (
     Room,
     applies,
     decide,
+    downgrade_candidates,
+    downgrade_within,
+    no_downgrade,
     request_from,
     request_key,
-    verify_downgrade,
 )
 from pipeline.core.decision import Request as DecisionRequest
 from pipeline.core.reservations import HoldBook
@@ -41,9 +43,9 @@ def validation_message(exc: ValidationError) -> str:
     )
 
 
-# a downgrade's target is checked against its own budgets; one whose answer is a further
-# downgrade is checked in turn, this many models deep (a provider lists few cheaper ones)
-MAX_DOWNGRADE_HOPS = 3
+# a downgrade settles on the first cheaper model within its own budgets: at most this many
+# are tried (each costs a read of that model's rooms)
+MAX_DOWNGRADE_TRIES = 8
 ATTR_PARAM = "attr."  # GET /api/decision?attr.api_key=...: an attribute of the request
 
 
@@ -74,23 +76,22 @@ async def rooms_for(processor: Any, req: DecisionRequest, names: set[str], now: 
 
 
 async def _verified(processor: Any, catalog: Any, req: DecisionRequest, decision: Decision,
-                    now: datetime, holds: HoldBook | None) -> Decision:
-    """A downgrade checked against its target model's own budgets (and holds land there)."""
-    checked: set[str] = set()
-    for _ in range(MAX_DOWNGRADE_HOPS):
-        target = decision.suggested_model
-        if decision.decision != "downgrade" or target is None or target in checked:
-            return decision
-        model = catalog.resolve(target)
-        names = {target} if model is None else {target, model.model}
-        rooms = await rooms_for(processor, replace(req, model=target), names, now, holds)
-        decision = verify_downgrade(req, decision, rooms, catalog, now,
-                                    processor.meter.policy)
-        checked.add(target)
-    if decision.decision == "downgrade" and decision.suggested_model not in checked:
-        return replace(decision, decision="deny", suggested_model=None, suggested_cost=None,
-                       reason=f"{decision.reason}; no cheaper model within its own budgets")
-    return decision
+                    now: datetime, holds: HoldBook | None, *, demanded: bool,
+                    actives: list[Any]) -> Decision:
+    """A downgrade settled on a cheaper model within that model's own budgets (holds land
+    there), the actions on those budgets applied; or the answer without a downgrade."""
+    policy = processor.meter.policy
+    for name, cost in downgrade_candidates(catalog, req, decision, now)[:MAX_DOWNGRADE_TRIES]:
+        model = catalog.resolve(name)
+        names = {name} if model is None else {name, model.model}
+        rooms = await rooms_for(processor, replace(req, model=name), names, now, holds)
+        settled = downgrade_within(req, decision, name, cost, rooms, policy)
+        if settled is not None:
+            return apply_actions(settled, actives, value_tier=req.value_tier, now=now) \
+                if actives else settled
+    if decision.decision != "downgrade":
+        return decision
+    return no_downgrade(req, decision, policy, demanded=demanded)
 
 
 async def decide_now(runtime: Any, req: DecisionRequest, now: datetime,
@@ -128,10 +129,12 @@ async def decide_now(runtime: Any, req: DecisionRequest, now: datetime,
                                          processor.meter.policy, actives)
         except PricingError as exc:
             return 404, {"error": exc.detail}
+        asked = decision.decision
         if actives:
             decision = apply_actions(decision, actives, value_tier=req.value_tier, now=now,
                                      cheaper=downgrade_target(catalog, req, decision, now))
-        decision = await _verified(processor, catalog, req, decision, now, holds)
+        decision = await _verified(processor, catalog, req, decision, now, holds,
+                                   demanded=asked != "downgrade", actives=actives)
         if then is not None:
             then(decision)
     return 200, (decision, decision.rooms)

@@ -1,8 +1,9 @@
-"""A downgrade is checked against its target model's own budgets (decision.verify_downgrade).
+"""A downgrade settles on a cheaper model within that model's own budgets (core/decision.py).
 
 The case a review found: a forecast downgrade action on the tenant's budget turned a routed
 gpt-4o answer into gpt-4o-mini, whose own hard budget (scoped to gpt-4o-mini) was spent, and
-the reservation held nothing on it.
+the reservation held nothing on it. The adapter (web/budgets_api._verified) walks
+``downgrade_candidates`` with each model's rooms; these are its pure steps.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from pipeline.core.actions import ActiveAction, apply_actions
 from pipeline.core.budgets import Metric, Mode
 from pipeline.core.catalog import load_catalog
 from pipeline.core.decision import (
+    Decision,
     Request,
     Room,
     cheaper_models,
     decide,
+    downgrade_candidates,
+    downgrade_within,
     estimate,
-    verify_downgrade,
+    no_downgrade,
 )
 from pipeline.core.reservations import hold_amounts
 
@@ -32,14 +36,11 @@ TENANT = Room("tenant", "", D(100), D(0), Mode.hard, Metric.cost)
 ACTION = ActiveAction("tenant", "acme", "forecast", "downgrade", "", "",
                       AT - timedelta(hours=1), None, "br1")
 VERDICT = rp.Verdict(0.1, 0.5, "r1", "gpt-4o-mini", "gpt-4o")  # the router says strong
+MINI = replace(REQ, model="gpt-4o-mini")
 
 
-def _mini_cap(spent: str) -> Room:
-    return Room("mini_cap", "", D("0.10"), D(spent), Mode.hard, Metric.cost)
-
-
-def _acted(weak_rooms: list[Room]) -> rp.Decision:
-    d = rp.decide_routed(REQ, VERDICT, [TENANT], weak_rooms, CAT, AT, None, [ACTION])
+def _acted() -> Decision:
+    d = rp.decide_routed(REQ, VERDICT, [TENANT], [TENANT], CAT, AT, None, [ACTION])
     assert (d.decision, d.model) == ("allow", "gpt-4o")
     acted = apply_actions(d, [ACTION], value_tier="standard", now=AT,
                           cheaper=rp.downgrade_target(CAT, REQ, d, AT))
@@ -47,39 +48,42 @@ def _acted(weak_rooms: list[Room]) -> rp.Decision:
     return acted
 
 
-def test_a_target_whose_hard_budget_is_spent_is_denied() -> None:
-    weak_rooms = [TENANT, _mini_cap("0.10")]
-    direct = decide(replace(REQ, model="gpt-4o-mini"), weak_rooms, CAT, AT)
-    assert direct.decision == "deny"
-    got = verify_downgrade(REQ, _acted([TENANT]), weak_rooms, CAT, AT)
-    assert got.decision == "deny" and got.suggested_model is None
-    assert "mini_cap" in got.reason and hold_amounts(got, REQ) == {}  # a deny holds nothing
+def test_candidates_start_with_the_suggestion_then_cheapest_first() -> None:
+    got = downgrade_candidates(CAT, REQ, _acted(), AT)
+    assert got[0] == ("gpt-4o-mini", estimate(CAT, "gpt-4o-mini", MINI, AT))
+    rest = [(c, name) for name, c in got[1:]]
+    assert rest == sorted(rest) and "gpt-4o-mini" not in [n for _, n in rest]
+    assert rest == [x for x in cheaper_models(CAT, REQ, AT, estimate(CAT, "gpt-4o", REQ, AT))
+                    if x[1] != "gpt-4o-mini"]
+    assert downgrade_candidates(CAT, REQ, decide(REQ, [TENANT], CAT, AT), AT) == []
 
 
-def test_a_target_with_room_stands_and_holds_on_its_own_budgets() -> None:
-    weak_rooms = [TENANT, _mini_cap("0")]
-    got = verify_downgrade(REQ, _acted([TENANT]), weak_rooms, CAT, AT)
-    mini = estimate(CAT, "gpt-4o-mini", replace(REQ, model="gpt-4o-mini"), AT)
-    assert (got.decision, got.suggested_model, got.suggested_cost) == (
-        "downgrade", "gpt-4o-mini", mini)
-    assert hold_amounts(got, REQ) == {("tenant", "", ""): mini, ("mini_cap", "", ""): mini}
+def test_a_target_whose_hard_budget_is_spent_does_not_fit() -> None:
+    spent = Room("mini_cap", "", D("0.10"), D("0.10"), Mode.hard, Metric.cost)
+    assert decide(MINI, [TENANT, spent], CAT, AT).decision == "deny"  # asked directly
+    cost = estimate(CAT, "gpt-4o-mini", MINI, AT)
+    assert downgrade_within(REQ, _acted(), "gpt-4o-mini", cost, [TENANT, spent]) is None
 
 
-def test_a_target_over_its_budget_gets_that_models_own_answer() -> None:
-    # room between the cheapest model's estimate and gpt-4o-mini's: its own answer is that
-    # cheaper model (for the caller to verify in turn), holding on gpt-4o-mini's rooms
-    mini_req = replace(REQ, model="gpt-4o-mini")
-    mini = estimate(CAT, "gpt-4o-mini", mini_req, AT)
-    cheapest = next(iter(cheaper_models(CAT, mini_req, AT, mini)))[0]
-    tight = Room("mini_cap", "", (cheapest + mini) / 2, D(0), Mode.hard, Metric.cost)
-    own = decide(mini_req, [TENANT, tight], CAT, AT)
-    assert own.decision == "downgrade" and own.suggested_model != "gpt-4o-mini"
-    got = verify_downgrade(REQ, _acted([TENANT]), [TENANT, tight], CAT, AT)
-    assert (got.decision, got.suggested_model, got.suggested_cost) == (
-        "downgrade", own.suggested_model, own.suggested_cost)
-    assert [r.budget_id for r in got.rooms] == ["tenant", "mini_cap"]
+def test_a_target_with_room_holds_on_its_own_budgets() -> None:
+    cap = Room("mini_cap", "", D("1"), D(0), Mode.hard, Metric.cost)
+    cost = estimate(CAT, "gpt-4o-mini", MINI, AT)
+    got = downgrade_within(REQ, _acted(), "gpt-4o-mini", cost, [TENANT, cap])
+    assert got is not None and (got.decision, got.suggested_model, got.suggested_cost) == (
+        "downgrade", "gpt-4o-mini", cost)
+    assert hold_amounts(got, REQ) == {("tenant", "", ""): cost, ("mini_cap", "", ""): cost}
 
 
-def test_anything_but_a_downgrade_is_left_alone() -> None:
-    d = decide(REQ, [TENANT], CAT, AT)
-    assert verify_downgrade(REQ, d, [_mini_cap("0.10")], CAT, AT) is d
+def test_without_a_fitting_model_an_action_denies_and_the_budgets_answer_as_without() -> None:
+    acted = _acted()
+    assert no_downgrade(REQ, acted, demanded=True).decision == "deny"
+    # the budgets' own downgrade (not an action): a soft budget over is an alert only
+    soft = Room("soft", "", D("0.20"), D(0), Mode.soft, Metric.cost)
+    d = decide(REQ, [soft], CAT, AT)
+    assert d.decision == "downgrade"
+    allowed = no_downgrade(REQ, d, demanded=False)
+    assert (allowed.decision, allowed.suggested_model) == ("allow", None)
+    assert "soft" in allowed.reason
+    hard = Room("hard", "", D("0.20"), D(0), Mode.hard, Metric.cost)
+    d = decide(REQ, [hard], CAT, AT)
+    assert no_downgrade(REQ, d, demanded=False).decision == "deny"
