@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.catalog import load_catalog
-from pipeline.core.events import PricedUsage
+from pipeline.core.events import PricedUsage, UsageEvent
 from pipeline.core.meter import Meter
 from pipeline.core.scoring import load_policy
 from pipeline.core.simulate import Simulator
@@ -56,6 +56,17 @@ def pinned_now() -> datetime:
 NOW = pinned_now()
 HOUR = NOW.replace(minute=0, second=0)  # recent traffic: the previous and the current hour
 METER = Meter(load_catalog(), load_policy())
+
+
+class DefectiveMeter(Meter):
+    """A Meter with a defect on the event ``poison``: an exception no reason code names
+    (a fault validation cannot be made to raise for real)."""
+
+    def price(self, event: UsageEvent) -> PricedUsage:
+        """Raise for ``poison``; price the rest."""
+        if event.event_id == "poison":
+            raise RuntimeError("boom")
+        return super().price(event)
 _ORIGIN = time.monotonic()
 
 

@@ -85,7 +85,8 @@ class UsageEvent(BaseModel):
     user_id: OptId = None
     feature: OptId = None
     trace_id: OptId = None
-    attributes: dict[str, Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_CHARS)]] = (
+    attributes: dict[Annotated[str, StringConstraints(max_length=MAX_ID_CHARS)],
+                     Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_CHARS)]] = (
         Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
     )
     provider: Annotated[str, StringConstraints(min_length=1, max_length=64)]

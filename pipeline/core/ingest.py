@@ -19,7 +19,7 @@ from pipeline.core.meter import Meter
 
 # the validator's JSON rules (no NaN/Infinity, no duplicate keys) for whole request bodies,
 # which may be larger than one Kafka message and so cannot go through decode_message
-from pipeline.core.validate import _no_duplicate_keys, _reject_constant
+from pipeline.core.validate import _no_duplicate_keys, _reject_constant, check_unicode
 from pipeline.errors import ValidationFailed
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -78,7 +78,9 @@ class Verdict:
 
 
 def _loads(text: str | bytes) -> Any:
-    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+    obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+    check_unicode(text, obj)
+    return obj
 
 
 def _too_many(n: int) -> Refused:
@@ -144,6 +146,12 @@ def check_items(items: Sequence[Any], meter: Meter, *, now: datetime) -> list[Ve
         except ValidationFailed as exc:
             out.append(Verdict(i, _id_of(obj), reason_code=exc.reason_code,
                                detail=exc.detail[:1000]))
+            continue
+        except MemoryError:
+            raise
+        except Exception as exc:  # a defect on one item: that item refused, not the request
+            out.append(Verdict(i, _id_of(obj), reason_code="internal_error",
+                               detail=f"{type(exc).__name__}: {exc}"[:1000]))
             continue
         value = json.dumps(obj).encode()  # ASCII: a lone surrogate escape stays valid
         if len(value) > MAX_MESSAGE_BYTES:

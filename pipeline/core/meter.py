@@ -147,6 +147,8 @@ class Meter:
                 out.priced.append(self.meter_object(item, now=now))
             except ValidationFailed as exc:
                 out.dead.append(_dead(exc.reason_code, exc.detail, item, None, source, now))
+            except MemoryError:  # not this item's fault: the batch fails and is retried
+                raise
             except Exception as exc:  # one item must never stop the stream
                 # a defect on this input (an exception validation did not turn into a
                 # reason): set aside like any refusal, so the batch and later messages go on

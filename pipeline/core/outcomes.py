@@ -120,6 +120,15 @@ class Sorted:
     dead: list[tuple[DeadLetter, int]]  # (dead letter, index of the item in its message)
 
 
+def _scalar(value: Any) -> Any:
+    """A known field's value as kept: a capped string, a number, a boolean or null."""
+    if isinstance(value, str):
+        return value[:MAX_ID_CHARS]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return "<removed>"
+
+
 def _redacted(item: Any, raw: bytes | None) -> str:
     """What a dead letter keeps of a refused outcome: its known fields, no free text.
 
@@ -127,8 +136,7 @@ def _redacted(item: Any, raw: bytes | None) -> str:
     message that is not JSON) may be a prompt or an answer sent by mistake: withheld.
     """
     if isinstance(item, dict):
-        return safe_raw({k: (v[:MAX_ID_CHARS] if isinstance(v, str) else v)
-                         if k in Outcome.model_fields else "<removed>"
+        return safe_raw({k: _scalar(v) if k in Outcome.model_fields else "<removed>"
                          for k, v in item.items()})
     if item is not None:
         return f"<{type(item).__name__} withheld: an outcome is a JSON object>"
@@ -161,6 +169,8 @@ def sort_messages(messages: list[tuple[bytes, Origin]], now: datetime) -> Sorted
                 good.append(validate_outcome(item, now=now))
             except ValidationFailed as exc:
                 dead.append((_dead(exc.reason_code, exc.detail, item, None, where, now), index))
+            except MemoryError:
+                raise
             except Exception as exc:  # one item must never stop the batch (a defect)
                 dead.append((_dead("internal_error", f"{type(exc).__name__}: {exc}; a "
                                    "tokenmeter defect: report it", item, None, where, now),

@@ -16,7 +16,6 @@ from datetime import datetime
 
 from pipeline.core.meter import Meter
 from pipeline.core.validate import decode_message
-from pipeline.errors import ValidationFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +56,9 @@ def place(meter: Meter, raw: bytes, here: int, partition_of: Callable[[str], int
         assert text is not None
         try:
             tenant: str | None = meter.meter_object(item, now=now).tenant_id
-        except ValidationFailed:
+        except MemoryError:
+            raise
+        except Exception:  # ValidationFailed, or a defect (internal_error when metered)
             tenant = None  # stays, so its dead letter names this message
         target = here if tenant is None else partition_of(tenant)
         if target == here:

@@ -95,6 +95,26 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def check_unicode(raw: bytes | str, obj: Any) -> None:
+    """Raise ValueError when the decoded JSON holds a lone UTF-16 surrogate (``"\\ud800"``).
+
+    Legal JSON, but no UTF-8 text: ClickHouse, Kafka and JSON output all refuse it later,
+    which stopped a whole batch. Only a message that spells a surrogate escape (or a str
+    holding one) is walked.
+    """
+    if isinstance(raw, str):
+        raw.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+        spelled = "\\ud" in raw or "\\uD" in raw
+    else:
+        spelled = b"\\ud" in raw or b"\\uD" in raw
+    if spelled:
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone UTF-16 surrogate (an unpaired \\ud800-"
+                             "\\udfff escape): not Unicode text") from None
+
+
 def decode_message(raw: bytes | str) -> list[Any] | Rejected:
     """Parse one message value into a list of event candidates, or reject it whole."""
     size = len(raw)
@@ -104,6 +124,7 @@ def decode_message(raw: bytes | str) -> list[Any] | Rejected:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         obj = json.loads(text, parse_constant=_reject_constant,
                          object_pairs_hook=_no_duplicate_keys)
+        check_unicode(raw, obj)
     except RecursionError:
         return Rejected("invalid_json", "JSON nested too deeply")
     except (UnicodeDecodeError, ValueError) as exc:
@@ -309,6 +330,8 @@ def safe_raw(obj: Any, raw: bytes | str | None = None, cap: int = 16 * 1024) -> 
     else:
         rendered = ""
     rendered = rendered.replace("\x00", "\\u0000")
+    # a str payload may hold a lone surrogate: stored and sent as UTF-8, so escape it
+    rendered = rendered.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(rendered) > cap:
         rendered = rendered[:cap] + f"...<truncated {len(rendered) - cap} chars>"
     return rendered

@@ -67,6 +67,11 @@ async def replay(store: Store, meter: Meter, publish: Callable[[str, bytes], Awa
         except ValidationFailed as exc:
             still[exc.reason_code] += 1
             continue
+        except MemoryError:
+            raise
+        except Exception:  # a defect on one dead letter must not block the rest
+            still["internal_error"] += 1
+            continue
         await publish(str(item["tenant_id"]), json.dumps(item).encode())
         replayed.append([topic, partition, offset, index, str(item["event_id"]), now])
     if replayed:

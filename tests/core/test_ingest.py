@@ -22,7 +22,7 @@ from pipeline.core.ingest import (
     parse_body,
 )
 from pipeline.core.validate import decode_message
-from tests.helpers import METER, NOW
+from tests.helpers import METER, NOW, DefectiveMeter
 
 JSON = "application/json"
 
@@ -165,3 +165,18 @@ def test_the_gate_bounds_requests_and_bytes() -> None:
     gate.release(40)
     assert (gate.requests, gate.bytes) == (0, 0)
     assert gate.admit(500)  # one request always fits, even above the byte bound
+
+
+def test_an_item_the_meter_fails_on_is_one_rejected_item() -> None:
+    good = {"timestamp": NOW.isoformat(), "tenant_id": "acme", "provider": "openai",
+            "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1}
+    items = [{**good, "event_id": "ok"}, {**good, "event_id": "poison"}]
+    got = check_items(items, DefectiveMeter(METER.catalog, METER.policy), now=NOW)
+    assert [(v.event_id, v.reason_code) for v in got] == [("ok", None), ("poison",
+                                                                         "internal_error")]
+
+
+@pytest.mark.parametrize("body", [b'{"a": "\\udfff"}', b'[{"attributes": {"\\ud800": "x"}}]'])
+def test_a_lone_surrogate_is_refused_at_decoding(body: bytes) -> None:
+    got = parse_body(body, "application/json")
+    assert isinstance(got, Refused) and got.reason_code == "invalid_json"

@@ -10,12 +10,12 @@ from decimal import Decimal
 import pytest
 
 from pipeline.core.catalog import load_catalog
-from pipeline.core.events import PricedUsage, UsageEvent
 from pipeline.core.meter import Meter
 from pipeline.core.pricing import TokenCounts, cost_lines
 from pipeline.core.scoring import load_policy, score
 from pipeline.core.validate import validate_event
 from pipeline.errors import PricingError
+from tests.helpers import DefectiveMeter
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
 CAT = load_catalog()
@@ -99,21 +99,12 @@ def test_a_new_policy_is_not_served_from_the_old_ones_memo() -> None:
     assert meter.meter_object(event, now=NOW).value_weight == Decimal(7)
 
 
-class _Flaky(Meter):
-    """A Meter with a defect on one event: an exception validation does not know."""
-
-    def price(self, event: UsageEvent) -> PricedUsage:
-        if event.event_id == "poison":
-            raise RuntimeError("boom")
-        return super().price(event)
-
-
 def test_an_item_the_meter_fails_on_is_set_aside_and_the_rest_metered() -> None:
     base = {"timestamp": "2026-05-31T10:00:00Z", "tenant_id": "t", "provider": "openai",
             "model": "gpt-4o", "input_tokens": 10, "output_tokens": 1}
     items = [{**base, "event_id": eid} for eid in ("a", "poison", "b")]
     edge = {**base, "event_id": "edge", "timestamp": "0001-01-01T00:00:00+14:00"}
-    out = _Flaky(CAT, POLICY).meter_message(json.dumps([*items, edge]), now=NOW)
+    out = DefectiveMeter(CAT, POLICY).meter_message(json.dumps([*items, edge]), now=NOW)
     assert [p.event_id for p in out.priced] == ["a", "b"]
     assert [(d.event_id, d.reason_code) for d in out.dead] == [
         ("poison", "internal_error"), ("edge", "invalid_timestamp")]

@@ -125,3 +125,12 @@ def test_an_item_validation_fails_on_is_set_aside(monkeypatch: pytest.MonkeyPatc
     out = sort_messages(batch, NOW)
     assert [o.event_id for o in out.outcomes] == ["e1"]
     assert [(d.reason_code, d.event_id) for d, _ in out.dead] == [("internal_error", "poison")]
+
+
+def test_known_fields_keep_only_scalars_in_dead_letters() -> None:
+    where = Origin("outcomes", 0, 1)
+    bad = {**GOOD, "feedback": {"prompt": "SECRET"}, "score": ["SECRET"]}
+    (dead, _), = sort_messages([(json.dumps(bad).encode(), where)], NOW).dead
+    kept = json.loads(dead.raw)
+    assert kept["feedback"] == kept["score"] == "<removed>" and "SECRET" not in dead.raw
+    assert kept["event_id"] == GOOD["event_id"] and kept["success"] == GOOD["success"]

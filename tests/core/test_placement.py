@@ -10,7 +10,7 @@ from pipeline.core.catalog import load_catalog
 from pipeline.core.meter import Meter
 from pipeline.core.placement import place
 from pipeline.core.scoring import load_policy
-from tests.helpers import NOW
+from tests.helpers import NOW, DefectiveMeter
 
 pytestmark = pytest.mark.clock  # `make test-clocks` runs it at each pinned instant
 METER = Meter(load_catalog(), load_policy())
@@ -81,3 +81,11 @@ def test_moved_items_keep_their_fields() -> None:
     e = {**ev(1, "b"), "attributes": {"k": "v"}, "feature": "chat"}
     placed = place(METER, json.dumps([e, ev(2, "a")]).encode(), 0, of, NOW)
     assert json.loads(placed.moves[0].value) == [e]
+
+
+def test_an_item_the_meter_fails_on_stays_here() -> None:
+    items = [{"event_id": "poison", "timestamp": NOW.isoformat(), "tenant_id": "acme",
+              "provider": "openai", "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1}]
+    raw = json.dumps(items).encode()
+    meter = DefectiveMeter(load_catalog(), load_policy())
+    assert place(meter, raw, 3, lambda tenant: 0, NOW).keep == raw

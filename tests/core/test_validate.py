@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from pipeline.core.events import MAX_MESSAGE_BYTES
-from pipeline.core.validate import decode_message, safe_raw, validate_event
+from pipeline.core.validate import Rejected, decode_message, safe_raw, validate_event
 from pipeline.errors import ValidationFailed
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -246,3 +246,29 @@ def test_cache_write_shapes_refused(obj: dict[str, Any], code: str) -> None:
         validate_event(obj, now=NOW)
     assert info.value.reason_code == code
     assert info.value.detail
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"event_id": "\\ud800"}',                  # a lone high surrogate
+    b'{"attributes": {"\\udfff": "x"}}',          # in a key, which no field constrains
+    b'[{"a": "\\uDC00 and more"}]',
+    '{"a": "\udfff"}',                           # a str holding one
+])
+def test_a_lone_surrogate_is_invalid_json(raw: bytes | str) -> None:
+    got = decode_message(raw)
+    assert isinstance(got, Rejected) and got.reason_code == "invalid_json", got
+
+
+def test_a_surrogate_pair_is_text() -> None:
+    assert decode_message(b'{"a": "\\ud83d\\ude00"}') == [{"a": "\U0001F600"}]
+
+
+def test_a_dead_letter_escapes_what_utf8_cannot_carry() -> None:
+    assert safe_raw(None, '{"a": "\udfff"}') == '{"a": "\\udfff"}'
+
+
+def test_attribute_keys_are_bounded() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        validate_event({**ev(), "attributes": {"k" * 257: "v"}}, now=NOW)
+    assert exc.value.reason_code == "too_large"
+    assert validate_event({**ev(), "attributes": {"k" * 256: "v"}}, now=NOW)
