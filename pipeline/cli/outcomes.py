@@ -11,23 +11,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
+from pipeline.cli.args import parse_time
 from pipeline.core import outcome_stats
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 from pipeline.store import outcomes as sql
-
-
-def _since(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"--since {text!r} is not an RFC 3339 / ISO 8601 time") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _pairs(args: argparse.Namespace, names: list[str]) -> list[tuple[str, str]]:
@@ -46,7 +36,8 @@ def compare(args: argparse.Namespace, settings: Settings) -> int:
     if not 0.5 <= args.confidence < 1:
         raise ConfigError(f"--confidence {args.confidence}: use a level in [0.5, 1), e.g. 0.95")
     by = [b.strip() for b in args.by.split(",") if b.strip()]
-    query = sql.compare_sql(settings.clickhouse_database, by, args.tenant, _since(args.since))
+    since = parse_time(args.since, "--since")
+    query = sql.compare_sql(settings.clickhouse_database, by, args.tenant, since)
     _, rows = run_query(settings, query)
     totals = sql.totals(rows)
     result = outcome_stats.report(totals, _pairs(args, [t.name for t in totals]),
@@ -90,8 +81,9 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.cli.commands import run_query
     from pipeline.cli.output import print_rows
 
+    since = parse_time(args.since, "--since")
     columns, rows = run_query(settings, sql.export_sql(settings.clickhouse_database,
-                                                       args.tenant, _since(args.since)))
+                                                       args.tenant, since))
     fmt = "json" if args.json else "csv" if args.csv else "table"
     print_rows(list(columns), [list(r) for r in rows], fmt)
     return 0

@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli.args import parse_time
 from pipeline.clock import clock_for
 from pipeline.core.catalog import Catalog, ModelPrice, load_catalog_with_overlays
 from pipeline.core.events import COST_ADAPTER, priced_json
@@ -21,20 +22,10 @@ from pipeline.errors import ConfigError, ValidationFailed
 from pipeline.settings import Settings
 
 
-def _parse_time(text: str | None, default: datetime) -> datetime:
-    if not text:
-        return default
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"--at {text!r} is not an RFC 3339 / ISO 8601 time") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def price_one(args: argparse.Namespace, now: datetime, prices_dir: Path | None = None) -> int:
     """Print the cost of one call."""
     catalog = load_catalog_with_overlays(prices_dir)
-    at = _parse_time(args.at, now)
+    at = parse_time(args.at, "--at") or now
     counts = TokenCounts(
         input_tokens=args.input_tokens, output_tokens=args.output_tokens,
         cache_read_input_tokens=args.cache_read_tokens,
@@ -131,7 +122,7 @@ def _import(args: argparse.Namespace, catalog: Catalog, overlay_dir: Path,
             now: datetime) -> int:
     if not args.arg or not args.effective_from:
         raise ConfigError("usage: tokenmeter prices import FILE --effective-from DATE")
-    effective = _parse_time(args.effective_from, now)
+    effective = parse_time(args.effective_from, "--at") or now
     try:
         data = json.loads(Path(args.arg).read_text("utf-8"), parse_float=Decimal)
     except (OSError, ValueError) as exc:

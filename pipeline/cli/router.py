@@ -20,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
+from pipeline.cli.args import parse_time
 from pipeline.core import routing as r
 from pipeline.errors import ConfigError, RouterArtifactError
 
@@ -320,16 +321,6 @@ def load_router(path: str) -> r.RouterArtifact:
     return r.load_artifact(data)
 
 
-def _parse_time(text: str | None) -> datetime:
-    if not text:
-        return datetime.now(timezone.utc)
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"--at {text!r} is not an RFC 3339 / ISO 8601 time") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 @dataclass(frozen=True, slots=True)
 class RowCosts:
     """What each row costs on each model, and how its tokens were counted."""
@@ -395,7 +386,7 @@ def evaluate(args: argparse.Namespace, settings: object = None) -> int:
     n = len(rows)
     weak_acc, strong_acc = sum(weak) / n, sum(strong) / n
     compared = r.compare(scores, weak, strong)
-    at = _parse_time(args.at)
+    at = parse_time(args.at, "--at") or datetime.now(timezone.utc)
     costs = row_costs(rows, args, at)
     total_weak = sum(costs.weak, Decimal(0))
     total_strong = sum(costs.strong, Decimal(0))
