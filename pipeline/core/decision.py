@@ -216,6 +216,13 @@ def decide(req: Request, rooms: list[Room], catalog: Catalog, at: datetime,
                             f"{req.model} would exceed the remaining budget; {name} fits"
                             + note, suggested_model=name, suggested_cost=c, rooms=rooms)
         break  # the cheapest does not fit, so none does
+    return _without_cheaper(req, cost, rooms, policy, note)
+
+
+def _without_cheaper(req: Request, cost: Decimal, rooms: list[Room],
+                     policy: ValuePolicy | None, note: str = "") -> Decision:
+    """The answer when no cheaper model fits: deny on a hard room without space, else allow
+    (over a soft budget: alert only)."""
     over = [r for r in rooms if _over(r, cost, req, policy)]
     if any(r.mode is Mode.hard for r in over):
         names = ", ".join(f"{r.budget_id}{'/' + r.pool if r.pool else ''}"
@@ -258,12 +265,12 @@ def no_downgrade(req: Request, d: Decision, policy: ValuePolicy | None = None, *
     budget of it has no room, else allow (over a soft budget: alert only).
     """
     why = "no cheaper model fits its own budgets"
-    over = [r for r in d.rooms if _over(r, d.estimated_cost, req, policy)]
-    if demanded or any(r.mode is Mode.hard for r in over):
+    if demanded:
         return replace(d, decision="deny", suggested_model=None, suggested_cost=None,
                        reason=f"{d.reason}; {why}")
-    return replace(d, decision="allow", suggested_model=None, suggested_cost=None,
-                   reason=f"over a soft budget (alert only); {why}")
+    plain = _without_cheaper(replace(req, model=d.model), d.estimated_cost, d.rooms, policy)
+    return replace(d, decision=plain.decision, suggested_model=None, suggested_cost=None,
+                   reason=f"{plain.reason} ({why})")
 
 
 def _text(params: Mapping[str, Any], name: str, default: str | None = None) -> str | None:

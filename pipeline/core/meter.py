@@ -9,7 +9,7 @@ from decimal import Decimal
 from pipeline.core.catalog import Catalog
 from pipeline.core.events import DeadLetter, PricedUsage, UsageEvent, cache_writes_1h
 from pipeline.core.pricing import RateMemo, TokenCounts, line_costs
-from pipeline.core.scoring import ValuePolicy, score
+from pipeline.core.scoring import ValuePolicy
 from pipeline.core.tokens import TokenCounter
 from pipeline.core.validate import decode_message, safe_raw, validate_event
 from pipeline.errors import ValidationFailed
@@ -53,8 +53,8 @@ class Meter:
         key = (task_type, criticality, user_tier)
         hit = self._scores.get(key)
         if hit is None:
-            weight, _, tier = score(self.policy, 0, task_type, criticality, user_tier)
-            hit = (weight, tier)
+            weight = self.policy.weight(task_type, criticality, user_tier)
+            hit = (weight, self.policy.tier(weight))
             if len(self._scores) < 10_000:
                 self._scores[key] = hit
         return hit[0], hit[0] * tokens, hit[1]
