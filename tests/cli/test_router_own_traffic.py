@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli.router import read_rows
+from pipeline.cli.router_data import read_rows
 from pipeline.errors import ConfigError
 
 
