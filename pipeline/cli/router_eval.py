@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -107,6 +107,10 @@ def evaluate(args: argparse.Namespace, settings: object = None) -> int:
         "weak_accuracy": round(weak_acc, 4),
         "strong_accuracy": round(strong_acc, 4),
         "routers": {name: m.summary() for name, m in compared.items()},
+        # the pooled APGR rewards ordering whole subjects as much as prompts within one;
+        # per subject, random is 0.5 and only the within-subject ranking counts
+        "by_subject": _by_subject(r.by_group(scores, weak, strong,
+                                             [row.source for row in rows])),
         "artifact_threshold": {
             "threshold": art.threshold, "method": dict(art.threshold_method),
             "strong_share": round(r.strong_share(scores, art.threshold), 4),
@@ -151,6 +155,30 @@ def evaluate(args: argparse.Namespace, settings: object = None) -> int:
     return 0
 
 
+def _by_subject(groups: Sequence[r.GroupMetrics]) -> dict[str, Any]:
+    mean = r.mean_group_apgr(groups)
+    return {"mean_apgr": None if mean is None else round(mean, 4),
+            "subjects_with_a_gap": sum(1 for g in groups if g.apgr is not None),
+            "subjects": {g.group: {"rows": g.rows, "weak_accuracy": round(g.weak_accuracy, 4),
+                                   "strong_accuracy": round(g.strong_accuracy, 4),
+                                   "apgr": None if g.apgr is None else round(g.apgr, 4)}
+                         for g in groups}}
+
+
+def _print_by_subject(out: Callable[[str], Any], by: dict[str, Any]) -> None:
+    if len(by["subjects"]) < 2:
+        return
+    mean = by["mean_apgr"]
+    out(f"\nwithin each subject (random 0.5): mean APGR "
+        f"{'n/a' if mean is None else f'{mean:.3f}'} over {by['subjects_with_a_gap']} subjects "
+        "where strong is more accurate\n")
+    out(f"  {'subject':<34} {'rows':>6} {'weak':>6} {'strong':>7} {'APGR':>6}\n")
+    for name, g in by["subjects"].items():
+        value = "-" if g["apgr"] is None else f"{g['apgr']:.3f}"
+        out(f"  {name:<34} {g['rows']:>6} {g['weak_accuracy']:>6.3f} "
+            f"{g['strong_accuracy']:>7.3f} {value:>6}\n")
+
+
 def _print_eval(res: dict[str, Any]) -> None:
     out = sys.stdout.write
     out(f"router {res['router_version']} on {res['rows']} rows "
@@ -169,6 +197,7 @@ def _print_eval(res: dict[str, Any]) -> None:
     for name, m in res["routers"].items():
         acc = m["accuracy_at_strong_share"]
         out(f"{name:<8}" + "".join(f"{acc[s]:>7.3f}" for s in shares) + "\n")
+    _print_by_subject(out, res["by_subject"])
     a = res["artifact_threshold"]
     out(f"\nartifact threshold {a['threshold']:.4f} ({a['method'].get('method')}): "
         f"{a['strong_share']:.1%} strong, accuracy {a['accuracy']:.3f}\n")

@@ -140,3 +140,26 @@ def test_unknown_holdout_subject_is_refused(tmp_path) -> None:
     done = cli("router", "train", *files(HELD), "--holdout", "astrology", "--out",
                str(tmp_path / "x.json"), check=False)
     assert done.returncode == 1 and "astrology" in done.stderr
+
+
+def test_eval_reports_apgr_within_each_subject(trained) -> None:
+    out, _ = trained
+    both = files(HELD, "management")
+    ev = json.loads(cli("router", "eval", *both, "--router", str(out), "--json", "--at", AT)
+                    .stdout)
+    by = ev["by_subject"]
+    assert set(by["subjects"]) == {HELD, "management"}
+    art = r.load_artifact(json.loads(out.read_text()))
+    values = []
+    for path in both:
+        rows = list(csv.DictReader(open(path, newline="", encoding="utf-8")))
+        mine = r.metrics("router", [r.p_weak_ok(art, row["prompt"]) for row in rows],
+                         [row["mistralai/Mixtral-8x7B-Instruct-v0.1"] == "True" for row in rows],
+                         [row["gpt-4-1106-preview"] == "True" for row in rows])
+        subject = Path(path).stem.removeprefix("mmlu_")
+        assert by["subjects"][subject]["rows"] == len(rows)
+        assert by["subjects"][subject]["apgr"] == pytest.approx(mine.apgr, abs=1e-3)
+        values.append(mine.apgr)
+    assert by["mean_apgr"] == pytest.approx(sum(values) / 2, abs=1e-3)
+    text = cli("router", "eval", *both, "--router", str(out), "--at", AT).stdout
+    assert "within each subject (random 0.5)" in text and "management" in text

@@ -33,11 +33,14 @@ from pipeline.core.routing.artifact import (
 )
 from pipeline.core.routing.evaluation import (
     Curve,
+    GroupMetrics,
     RouterMetrics,
     apgr,
+    by_group,
     compare,
     cpt,
     curve,
+    mean_group_apgr,
     metrics,
     oracle_scores,
     pgr_curve,
@@ -56,9 +59,11 @@ from pipeline.core.routing.features import (
 )
 
 __all__ = [
-    "ARTIFACT_KIND", "SCHEMA_VERSION", "STRUCTURAL", "Curve", "FeatureSpec", "RouteDecision",
+    "ARTIFACT_KIND", "SCHEMA_VERSION", "STRUCTURAL", "Curve", "FeatureSpec", "GroupMetrics",
+    "RouteDecision",
     "RouterArtifact", "RouterMetrics", "Tier", "apgr", "artifact_to_dict", "build_artifact",
-    "compare", "cpt", "curve", "featurize", "load_artifact", "metrics", "oracle_scores",
+    "by_group", "compare", "cpt", "curve", "featurize", "load_artifact", "mean_group_apgr",
+    "metrics", "oracle_scores",
     "p_weak_ok", "pgr_curve", "random_scores", "route", "routed_accuracy", "score_features",
     "sigmoid", "strong_share", "structural_features", "threshold_for_quality",
     "threshold_for_strong_share",

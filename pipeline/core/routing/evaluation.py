@@ -201,3 +201,50 @@ def routed_accuracy(scores: Sequence[float], weak_ok: Sequence[bool],
     n = _check(scores, weak_ok, strong_ok)
     return sum(bool(s_ok) if p < threshold else bool(w_ok)
                for p, w_ok, s_ok in zip(scores, weak_ok, strong_ok, strict=True)) / n
+
+
+# ---------------------------------------------------------------------------------------------
+# Per group (subject, file, source)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMetrics:
+    """One group's size, accuracies and the router's APGR inside it (None: no gap to recover)."""
+
+    group: str
+    rows: int
+    weak_accuracy: float
+    strong_accuracy: float
+    apgr: float | None
+
+
+def by_group(scores: Sequence[float], weak_ok: Sequence[bool], strong_ok: Sequence[bool],
+             groups: Sequence[str]) -> list[GroupMetrics]:
+    """The router's APGR within each group, in group order.
+
+    A pooled APGR rewards ranking whole groups (a hard subject before an easy one) as much as
+    ranking prompts within one; this separates the two. A group where the strong model is not
+    more accurate has no gap to recover and gets ``apgr=None``.
+    """
+    n = _check(scores, weak_ok, strong_ok)
+    if len(groups) != n:
+        raise ValueError("groups must be as long as the scores")
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out = []
+    for g in sorted(members):
+        idx = members[g]
+        s = [scores[i] for i in idx]
+        w = [bool(weak_ok[i]) for i in idx]
+        st = [bool(strong_ok[i]) for i in idx]
+        wa, sa = sum(w) / len(idx), sum(st) / len(idx)
+        value = apgr(curve(s, w, st), wa, sa) if sa > wa else None
+        out.append(GroupMetrics(g, len(idx), wa, sa, value))
+    return out
+
+
+def mean_group_apgr(groups: Sequence[GroupMetrics]) -> float | None:
+    """Unweighted mean of the groups' APGR (groups without a gap left out); None if none."""
+    values = [g.apgr for g in groups if g.apgr is not None]
+    return sum(values) / len(values) if values else None

@@ -75,3 +75,20 @@ def test_threshold_for_a_quality_target() -> None:
     # a target the weak model already meets sends nothing to strong
     t, share = r.threshold_for_quality(SCORES, WEAK, STRONG, 0.5)
     assert share == 0.0 and r.strong_share(SCORES, t) == 0.0
+
+
+def test_apgr_by_group_by_hand() -> None:
+    # a: the only-strong-right row ranked first (APGR 0.75); b: strong no better (None);
+    # c: the same rows ranked the wrong way round (APGR 0.25)
+    scores = [0.1, 0.9, 0.5, 0.5, 0.9, 0.1]
+    weak = [False, True, True, True, False, True]
+    strong = [True, True, True, False, True, True]
+    groups = ["a", "a", "b", "b", "c", "c"]
+    got = r.by_group(scores, weak, strong, groups)
+    assert [(g.group, g.rows, g.weak_accuracy, g.strong_accuracy) for g in got] == [
+        ("a", 2, 0.5, 1.0), ("b", 2, 1.0, 0.5), ("c", 2, 0.5, 1.0)]
+    assert [g.apgr for g in got] == [pytest.approx(0.75), None, pytest.approx(0.25)]
+    assert r.mean_group_apgr(got) == pytest.approx(0.5)
+    assert r.mean_group_apgr([got[1]]) is None
+    with pytest.raises(ValueError):
+        r.by_group(scores, weak, strong, groups[:-1])
