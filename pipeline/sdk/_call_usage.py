@@ -94,7 +94,7 @@ def anthropic_call_usage(usage: Any) -> CallUsage | None:
     """Messages ``usage`` via ``anthropic_usage`` (their input excludes cache reads/writes)."""
     if usage is None:
         return None
-    from pipeline.sdk import anthropic_usage
+    from pipeline.sdk._producer import anthropic_usage
 
     mapped = anthropic_usage(usage)
     ours, raw = service_tier(_get(usage, "service_tier"))

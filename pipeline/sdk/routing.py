@@ -163,7 +163,7 @@ class Router:
                timeout: float = 2.0, **scope: str) -> Route:
         """Route locally, then ask the decision API with the verdict (never the prompt):
         the route the tenant's budgets, actions and value tier allow."""
-        from pipeline.sdk import decide
+        from pipeline.sdk._decisions import decide
 
         local = prompt if isinstance(prompt, Route) else self.route(prompt)
         answer = decide(base_url, tenant_id=tenant_id, model=local.model,

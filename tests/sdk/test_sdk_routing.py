@@ -214,7 +214,7 @@ def test_a_routed_reservations_events_carry_its_settled_route(router: Router,
     with reserve(worker, tenant_id="acme", model=local.model, estimated_input_tokens=10,
                  estimated_output_tokens=5, route=local) as held:
         assert isinstance(held.route, Route) and held.route.decision == "allow"
-        from pipeline.sdk import _stamp_reservation
+        from pipeline.sdk._decisions import _stamp_reservation
 
         fields: dict[str, Any] = {}
         assert _stamp_reservation(fields) is held
