@@ -13,7 +13,7 @@ value a column cannot hold is refused (``ValueNotStorable``, terminal) with what
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from decimal import Decimal, localcontext
+from decimal import MAX_PREC, Decimal, localcontext
 from typing import Any
 
 import pyarrow as pa
@@ -157,18 +157,25 @@ def _decimals(values: Sequence[Any], t: Any) -> Any:
 def _decimals_like_rows(values: Sequence[Any], t: Any) -> Any:
     """Scaled integers computed as clickhouse-connect's row path computes them.
 
-    It multiplies by 10^scale at the column's precision and truncates toward zero, so extra
-    decimals are cut (0.1234567890129 -> 0.123456789012 at scale 12), after rounding to the
-    precision's significant digits; a value beyond the precision is refused here (the row
-    path stored a number outside the type, or failed when it did not fit 128 bits).
+    It multiplies by 10^scale exactly (clickhouse-connect >= 1.13 computes at
+    ``decimal.MAX_PREC``; earlier versions rounded to the column's precision first) and
+    truncates toward zero, so extra decimals are cut (0.1234567890129 -> 0.123456789012 at
+    scale 12, 0.999... with 41 nines -> 0.999999999999), never rounded; a value beyond the
+    precision is refused here (the row path stored a number outside the type, or failed when
+    it did not fit 128 bits).
     """
     mult, limit = 10 ** t.scale, 10 ** t.precision
     scaled = []
     with localcontext() as ctx:
-        ctx.prec = t.precision
+        ctx.prec = MAX_PREC
         for i, x in enumerate(values):
             try:
-                v = int(Decimal(str(x)) * mult)
+                d = Decimal(str(x))
+                # at MAX_PREC, 1E+999999999 would become a billion-digit int: refuse it first
+                if d.is_finite() and d and d.adjusted() >= t.precision - t.scale:
+                    raise _Refused(i, f"it has more than {t.precision - t.scale} integer "
+                                      "digits")
+                v = int(d * mult)
             except (ArithmeticError, ValueError, TypeError) as exc:
                 raise _Refused(i, f"not a number ({type(exc).__name__})") from None
             if not -limit < v < limit:

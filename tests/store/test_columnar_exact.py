@@ -69,7 +69,7 @@ EDGE_ROWS = [
                            reasoning_cost=D("9.9999999999999"),
                            total_cost=D("12345678901234567890.1234567890129999")),
         value_weight=D("1.2345678"), value_units=D("0.0000005")),
-    # beyond 38 significant digits the row path rounds to 38 first, then cuts
+    # beyond 38 significant digits the row path (clickhouse-connect >= 1.13) still only cuts
     row("e06-digits", **money(input_cost=D("0." + "9" * 41),
                               output_cost=D("1.0000000000000000000000000000000000000000"),
                               total_cost=5)),
@@ -167,8 +167,8 @@ def test_extra_decimals_are_cut_toward_zero_as_the_row_path_cuts_them(second: St
     assert [str(v) for v in got[0][1:]] == [
         "0.123456789012", "1E-12", "2E-12", "-0.123456789012", "9.999999999999",
         "12345678901234567890.123456789012", "0E-12", "1.234567", "0.000000"]
-    # 0.999... (41 nines) rounds to 1 at 38 digits before the cut, as in the row path
-    assert [str(v) for v in got[1][1:4]] == ["1.000000000000", "0E-12", "0E-12"]
+    # 0.999... (41 nines) is cut, not rounded up to 1, as the row path cuts it
+    assert [str(v) for v in got[1][1:4]] == ["0.999999999999", "0E-12", "0E-12"]
     assert got[1][4] == D(1) and got[1][6] == D(5)
 
 

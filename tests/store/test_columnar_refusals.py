@@ -36,6 +36,9 @@ REFUSED = [
     ("input_cost", D("-1E+30"), "more than 26 integer digits"),
     ("value_weight", D("1000000000000"), "more than 12 integer digits"),
     ("value_units", D("1E+32"), "more than 32 integer digits"),
+    # refused by its exponent, before the exact multiplication (which would overflow the
+    # context, or build a huge integer for exponents within it)
+    ("total_cost", D("1E+999999999"), "more than 26 integer digits"),
     ("output_cost", D("NaN"), "not a number"),
     ("output_cost", D("-Infinity"), "not a number"),
     ("output_cost", None, "None where the column has no NULL"),
