@@ -111,14 +111,16 @@ def _column(name: str, values: Sequence[Any], t: Any, rows: Sequence[Sequence[An
             "code that builds the row)") from None
 
 
+_NO_NULL = "None where the column has no NULL (rows carry '' or 0 for a missing value)"
+
+
 def _checked(values: Sequence[Any], t: Any) -> Any:
     try:
         array = _convert(values, t)
     except (pa.ArrowException, ArithmeticError, TypeError, ValueError) as exc:
         raise _Refused(_culprit(values, t), str(exc).splitlines()[0][:200]) from exc
     if array.null_count or (pa.types.is_map(t) and array.items.null_count):
-        raise _Refused(_first_none(values), "None where the column has no NULL (rows carry "
-                                            "'' or 0 for a missing value)")
+        raise _Refused(_first_none(values), _NO_NULL)
     return array
 
 
@@ -147,11 +149,30 @@ def _decimals(values: Sequence[Any], t: Any) -> Any:
         # checked because None, '' and False are falsy too and the row path refuses them
         zeros = pa.py_buffer(bytes(16 * len(values)))
         return pa.Array.from_buffers(t, len(values), [None, zeros])
+    if _rescale_is_safe(values, t):
+        try:
+            # in C++: exact, and refuses what does not fit (precision, scale) without loss
+            return pa.array(values, type=t)
+        except (pa.ArrowException, ArithmeticError, TypeError, ValueError):
+            pass  # more decimals than the scale (the row path cuts them), or not storable
+    # not Decimals only, or a value pyarrow would rescale wrongly: as the row path does them
+    return _decimals_like_rows(values, t)
+
+
+def _rescale_is_safe(values: Sequence[Any], t: Any) -> bool:
+    """True when every value is a Decimal pyarrow can bring to ``t``'s scale correctly.
+
+    pyarrow rescales a value with more than 38 decimals beyond the scale wrongly (7 and 51
+    zero decimals stored as 0) and crashes the process on 1E-5000000 (apache/arrow#50964).
+    A Decimal's exponent is its adjusted exponent less its digits (at most its text's
+    length) plus one: two C-speed passes bound every exponent without ``as_tuple``.
+    """
     try:
-        # in C++: exact, and refuses what does not fit (precision, scale) without loss
-        return pa.array(values, type=t)
-    except (pa.ArrowException, TypeError, ValueError):
-        return _decimals_like_rows(values, t)
+        lowest = min(map(Decimal.adjusted, values))
+    except (TypeError, ValueError):  # an int, float, str, None or bool among them (or none)
+        return False
+    longest = max(map(len, map(str, values)))
+    return bool(lowest - longest + 1 >= -(t.scale + 38))
 
 
 def _decimals_like_rows(values: Sequence[Any], t: Any) -> Any:
@@ -161,17 +182,21 @@ def _decimals_like_rows(values: Sequence[Any], t: Any) -> Any:
     ``decimal.MAX_PREC``; earlier versions rounded to the column's precision first) and
     truncates toward zero, so extra decimals are cut (0.1234567890129 -> 0.123456789012 at
     scale 12, 0.999... with 41 nines -> 0.999999999999), never rounded; a value beyond the
-    precision is refused here (the row path stored a number outside the type, or failed when
-    it did not fit 128 bits).
+    precision is refused here, where the row path stores a number outside the type (it
+    writes Decimal(18, 6) as 64 bits, so up to 9223372036854.775807) or fails when it does not
+    fit the column's bits.
     """
     mult, limit = 10 ** t.scale, 10 ** t.precision
     scaled = []
     with localcontext() as ctx:
-        ctx.prec = MAX_PREC
+        ctx.prec, ctx.clamp = MAX_PREC, 0  # the row path's context (clamp=1 would pad)
         for i, x in enumerate(values):
+            if x is None:
+                raise _Refused(i, _NO_NULL)
             try:
                 d = Decimal(str(x))
-                # at MAX_PREC, 1E+999999999 would become a billion-digit int: refuse it first
+                # refused by its exponent before the exact product: 1E+999987 would take
+                # ~30 s to become a 3.3M-bit integer (beyond Emax it overflows: not a number)
                 if d.is_finite() and d and d.adjusted() >= t.precision - t.scale:
                     raise _Refused(i, f"it has more than {t.precision - t.scale} integer "
                                       "digits")
@@ -191,8 +216,8 @@ def _culprit(values: Sequence[Any], t: Any) -> int:
         if pa.types.is_integer(t) and (not isinstance(v, int) or isinstance(v, bool)):
             return i
         try:
-            pa.array([v], type=t)
-        except (pa.ArrowException, ArithmeticError, TypeError, ValueError):
+            _convert([v], t)  # decimals as _decimals converts them (never the crashing path)
+        except (_Refused, pa.ArrowException, ArithmeticError, TypeError, ValueError):
             return i
     return 0
 

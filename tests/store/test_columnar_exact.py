@@ -95,6 +95,13 @@ EDGE_ROWS = [
         output_tokens=100_000_000, reasoning_output_tokens=7,
         source_partition=2**31 - 1, source_offset=2**63 - 1),
     row("e16-negative-ids", source_partition=-(2**31), source_offset=-(2**63)),
+    # more than 38 decimals beyond the scale: pyarrow's own rescale stores 7 as 0 and
+    # 9.95E-63 as 14420.85, and crashes the process on 1E-5000000 (apache/arrow#50964)
+    row("e17-wide-scale", **money(input_cost=D("7." + "0" * 51),
+                                  output_cost=D("9.95038483402425393E-63"),
+                                  total_cost=D("1E-5000000")),
+        value_units=D("-5.838923877282E-62"),
+        value_weight=D("-0.000099999010992999479999995298999699839293943")),
 ]
 
 
