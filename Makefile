@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help .venv demo test test-clocks lint bench clean system-deps assets
+.PHONY: help .venv demo test test-clocks lint bench clean system-deps assets constraints
 
 # Chart.js for the dashboard, from the npm registry (assets/package-lock.json), copied
 # next to the page; generated, not committed
@@ -19,10 +19,21 @@ help: ## list the targets
 
 .venv: $(STAMP) ## create the virtualenv and install tokenmeter with its dev extras
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions the suite last passed with, so a fresh
+# clone installs what CI tested (a new upstream release changed how clickhouse-connect cuts
+# decimals); `make constraints` re-resolves the newest allowed and rewrites it
+CONSTRAINTS ?= constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	@touch $(STAMP)
+
+constraints: ## re-resolve the newest versions pyproject.toml allows into constraints.txt (then run make test)
+	rm -rf $(VENV)
+	$(MAKE) .venv CONSTRAINTS=
+	$(PY) -m pip freeze --exclude-editable > constraints.txt
 	@touch $(STAMP)
 
 assets: $(CHART) ## fetch Chart.js from the npm registry for the dashboard
