@@ -149,30 +149,41 @@ def _decimals(values: Sequence[Any], t: Any) -> Any:
         # checked because None, '' and False are falsy too and the row path refuses them
         zeros = pa.py_buffer(bytes(16 * len(values)))
         return pa.Array.from_buffers(t, len(values), [None, zeros])
-    if _rescale_is_safe(values, t):
+    texts = _safe_texts(values, t)
+    if texts is not None:
         try:
-            # in C++: exact, and refuses what does not fit (precision, scale) without loss
-            return pa.array(values, type=t)
+            # in C++: pyarrow parses the text (as it does a Decimal's anyway, only slower) and
+            # the safe cast refuses what does not fit (precision, scale) without loss
+            return pa.array(texts, type=_STRING).cast(t)
         except (pa.ArrowException, ArithmeticError, TypeError, ValueError):
             pass  # more decimals than the scale (the row path cuts them), or not storable
-    # not Decimals only, or a value pyarrow would rescale wrongly: as the row path does them
+    # not Decimals only, or a value pyarrow would convert wrongly: as the row path does them
     return _decimals_like_rows(values, t)
 
 
-def _rescale_is_safe(values: Sequence[Any], t: Any) -> bool:
-    """True when every value is a Decimal pyarrow can bring to ``t``'s scale correctly.
+def _safe_texts(values: Sequence[Any], t: Any) -> list[str] | None:
+    """The values' texts when all are plain Decimals pyarrow converts without a known bug.
 
     pyarrow rescales a value with more than 38 decimals beyond the scale wrongly (7 and 51
-    zero decimals stored as 0) and crashes the process on 1E-5000000 (apache/arrow#50964).
-    A Decimal's exponent is its adjusted exponent less its digits (at most its text's
-    length) plus one: two C-speed passes bound every exponent without ``as_tuple``.
+    zero decimals stored as 0) and crashes the process on 1E-5000000 (apache/arrow#50964),
+    and wraps a value of more than 38 digits around 2^128 (apache/arrow#49817); its cast
+    from text wraps one with more integer digits than the type allows. A Decimal's
+    exponent is its adjusted exponent less its digits plus one, and its text is at least as
+    long as its digits: C-speed passes bound both without ``as_tuple``. Subclasses are left
+    out: the row path reads their ``str``, which may not be their value.
     """
-    try:
-        lowest = min(map(Decimal.adjusted, values))
-    except (TypeError, ValueError):  # an int, float, str, None or bool among them (or none)
-        return False
-    longest = max(map(len, map(str, values)))
-    return bool(lowest - longest + 1 >= -(t.scale + 38))
+    if set(map(type, values)) != {Decimal}:
+        return None
+    texts = list(map(str, values))
+    longest = max(map(len, texts))
+    if longest > 38:
+        return None
+    adjusted = list(map(Decimal.adjusted, values))
+    # the cast wraps a value with more integer digits than the type around instead of
+    # refusing it: those go the Python way, which refuses them
+    if max(adjusted) >= t.precision - t.scale or min(adjusted) - longest + 1 < -(t.scale + 38):
+        return None
+    return texts
 
 
 def _decimals_like_rows(values: Sequence[Any], t: Any) -> Any:

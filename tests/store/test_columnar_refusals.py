@@ -36,6 +36,9 @@ REFUSED = [
     ("input_cost", D("-1E+30"), "more than 26 integer digits"),
     ("value_weight", D("1000000000000"), "more than 12 integer digits"),
     ("value_units", D("1E+32"), "more than 32 integer digits"),
+    # pyarrow's cast from text wraps these around instead of refusing them
+    ("value_units", D("9.9999E+36"), "more than 32 integer digits"),
+    ("total_cost", D("9.4E+33"), "more than 26 integer digits"),
     # refused by its exponent, before the exact multiplication (which would overflow the
     # context, or build a huge integer for exponents within it)
     ("total_cost", D("1E+999999999"), "more than 26 integer digits"),
@@ -150,21 +153,58 @@ def test_decimals_are_cut_the_same_whatever_the_threads_decimal_context() -> Non
                    "value_weight": D("-0.000099")}
 
 
+class Shown(D):
+    """A Decimal whose text says something else: pyarrow and the row path both read the text."""
+
+    def __str__(self) -> str:
+        return "7." + "0" * 51
+
+
 @pytest.mark.parametrize(("column", "value", "stored"), [
-    # more than 38 decimals beyond the scale: pyarrow's own rescale stores these wrongly or
-    # crashes the process (apache/arrow#50964); each goes alone among ordinary rows, so no
-    # other value sends the column to the slow path anyway
+    # pyarrow's own rescale stores these wrongly or crashes the process with more than 38
+    # decimals beyond the scale (apache/arrow#50964)
     ("total_cost", D("7." + "0" * 51), D("7.000000000000")),
+    ("total_cost", D("1E-51"), D("0E-12")),  # 39 beyond: the first one pyarrow gets wrong
+    ("total_cost", D("3E-50"), D("0E-12")),  # 38 beyond: pyarrow's own, right
     ("output_cost", D("9.95038483402425393E-63"), D("0E-12")),
     ("input_cost", D("4.77413316980670E-66"), D("0E-12")),
     ("total_cost", D("1E-5000000"), D("0E-12")),
     ("value_units", D("-5.838923877282E-62"), D("0E-6")),
     ("value_weight", D("-0.000099999010992999479999995298999699839293943"), D("-0.000099")),
+    # more than 38 digits: pyarrow wraps them around 2^128 (apache/arrow#49817)
+    ("total_cost", D("0.0680564738841876926926749214863536422912"), D("0.068056473884")),
+    ("total_cost", D("84302600000000000000000000.00000000000000"),
+     D("84302600000000000000000000.000000000000")),
+    ("value_units", D("85159552000000000000000000000000.000000000"),
+     D("85159552000000000000000000000000.000000")),
+    ("total_cost", Shown("1"), D("7.000000000000")),
 ])
-def test_many_decimals_beyond_the_scale_are_cut_not_garbled(column: str, value: D,
-                                                           stored: D) -> None:
+def test_many_digits_or_decimals_are_cut_not_garbled(column: str, value: D,
+                                                     stored: D) -> None:
     import pyarrow as pa
 
-    batch = encode(rows(column, value), USAGE_COLUMNS, USAGE_TYPES)
-    got = pa.ipc.open_stream(batch.data).read_all().column(column)[1].as_py()
+    # one row: the value alone decides how its column is converted
+    row = rows(column, value)[1]
+    batch = encode([row], USAGE_COLUMNS, USAGE_TYPES)
+    got = pa.ipc.open_stream(batch.data).read_all().column(column)[0].as_py()
     assert got == stored and str(got) == str(stored)
+
+
+def test_a_decimal_whose_text_would_crash_pyarrow_never_reaches_it() -> None:
+    # 1E-5000000 crashes pyarrow's conversion (a segfault, apache/arrow#50964), so this runs
+    # in a child process: a Decimal subclass whose text says so must go the Python way too
+    import subprocess
+    import sys
+
+    code = ("from decimal import Decimal\n"
+            "from pipeline.store.columnar import USAGE_TYPES, encode\n"
+            "class Shown(Decimal):\n"
+            "    def __str__(self):\n"
+            "        return '1E-5000000'\n"
+            "batch = encode([[Shown('1E+20')]], ['total_cost'], USAGE_TYPES)\n"
+            "import pyarrow as pa\n"
+            "print(pa.ipc.open_stream(batch.data).read_all().column(0)[0].as_py())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.strip() == "0E-12"  # what the row path stores: it reads the text too
