@@ -19,6 +19,9 @@ MAX_POOL_NAME = 64
 WIDE = Context(prec=80)
 # what the budget_breaches columns hold: amounts Decimal(38, 12), percent Decimal(76, 6)
 MAX_AMOUNT = Decimal(10) ** 26
+# what usage_events.value_weight holds (Decimal(18, 6)); value_units = weight x tokens then
+# stays below 10^12 x 2 x MAX_TOKENS, far inside its Decimal(38, 6)
+MAX_WEIGHT = Decimal(10) ** 12
 MAX_PERCENT = Decimal(10) ** 70
 
 

@@ -67,6 +67,7 @@ REASON_CODES = (
     "unknown_model",
     "too_large",
     "unpriced",
+    "out_of_range",
     "internal_error",
 )
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from pipeline.core.catalog import Catalog
 from pipeline.core.events import CostLines, cache_writes_1h
+from pipeline.core.numbers import MAX_AMOUNT
 from pipeline.core.pricing import TokenCounts, cost_lines
 from pipeline.errors import PricingError
 from pipeline.store.client import Store
@@ -141,7 +142,7 @@ def _price(row: list[Any], catalog: Catalog) -> CostLines | None:
     except PricingError:
         return None
     writes = row[index["cache_creation_input_tokens"]]
-    return cost_lines(
+    lines = cost_lines(
         TokenCounts(row[index["input_tokens"]], row[index["output_tokens"]],
                     row[index["cache_read_input_tokens"]], writes,
                     row[index["reasoning_output_tokens"]],
@@ -152,6 +153,9 @@ def _price(row: list[Any], catalog: Catalog) -> CostLines | None:
                                     lists_1h_price=version.cache_write_1h is not None)),
         model, version, currency=catalog.currency,
         service_tier=row[index["service_tier"]], cache_hit=bool(row[index["cache_hit"]]))
+    if lines.total_cost >= MAX_AMOUNT or lines.saved_cost >= MAX_AMOUNT:
+        return None  # a price past what the ledger holds: kept as stored, as the meter refuses it
+    return lines
 
 
 def plan_day(rows: Any, journal: Sequence[Entry], catalog: Catalog, now: datetime) -> DayPlan:

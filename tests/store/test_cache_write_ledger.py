@@ -129,3 +129,14 @@ def test_reprice_keeps_1h_writes_exact(store: Store) -> None:
     rollups_agree(store)
     again = reprice(store, correction("7.5"), DAY - timedelta(days=1), NOW, NOW, dry_run=False)
     assert again["events_repriced"] == 0
+
+
+def test_reprice_keeps_rows_a_price_past_the_ledger_would_overflow(store: Store) -> None:
+    process(store, EVENTS)
+    before = stored(store)
+    # 40k and 80k 1-hour writes at 10^30 per million: costs no Decimal(38, 12) holds; the
+    # rows stay as stored (counted unpriced) instead of the rewrite failing for good
+    done = reprice(store, correction("1E+30"), DAY - timedelta(days=1), NOW, NOW, dry_run=False)
+    assert (done["events_repriced"], done["unpriced"]) == (0, 2)
+    assert stored(store) == before
+    rollups_agree(store)
