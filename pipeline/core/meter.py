@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from pipeline.core.catalog import Catalog
 from pipeline.core.events import DeadLetter, PricedUsage, UsageEvent, cache_writes_1h
-from pipeline.core.numbers import MAX_AMOUNT, MAX_WEIGHT
+from pipeline.core.numbers import MAX_EVENT_COST, MAX_WEIGHT
 from pipeline.core.pricing import RateMemo, TokenCounts, line_costs
 from pipeline.core.scoring import ValuePolicy
 from pipeline.core.tokens import TokenCounter
@@ -55,15 +55,15 @@ class Meter:
         hit = self._scores.get(key)
         if hit is None:
             weight = self.policy.weight(task_type, criticality, user_tier)
-            if weight >= MAX_WEIGHT:
+            if not 0 <= weight < MAX_WEIGHT:
                 # one bad weight in the policy sets its events aside (dead letters) instead
                 # of stopping the sink, and with it metering, for every tenant
                 raise ValidationFailed(
                     "out_of_range",
                     f"value weight {weight} (task_type {task_type!r}, criticality "
-                    f"{criticality!r}, user_tier {user_tier!r}) is not below {MAX_WEIGHT}, "
-                    "what the ledger's value_weight holds; lower it in the value policy, "
-                    "then `tokenmeter dlq replay --reason out_of_range`")
+                    f"{criticality!r}, user_tier {user_tier!r}) is not in [0, {MAX_WEIGHT}); "
+                    "correct it in the value policy, then `tokenmeter dlq replay --reason "
+                    "out_of_range`")
             hit = (weight, self.policy.tier(weight))
             if len(self._scores) < 10_000:
                 self._scores[key] = hit
@@ -112,18 +112,18 @@ class Meter:
             reasoning_output_tokens=event.reasoning_output_tokens,
             cache_creation_1h_input_tokens=writes_1h,
         )
-        input_cost, read_cost, write_cost, output_cost, reasoning_cost, total, saved = \
-            line_costs(counts, model, version, service_tier=event.service_tier.value,
-                       cache_hit=event.cache_hit, memo=self._rates)
-        if total >= MAX_AMOUNT or saved >= MAX_AMOUNT:
-            # a price no catalog should hold (10^26 is past any bill): the event is set aside
-            # rather than stopping the sink, and with it metering, for every tenant
-            raise ValidationFailed(
-                "out_of_range",
-                f"cost {total} (saved {saved}) of {event.model} at price version "
-                f"{version.version} is not below {MAX_AMOUNT}, what the ledger's Decimal(38, "
-                "12) costs hold; correct that price in the catalog, then `tokenmeter dlq "
-                "replay --reason out_of_range`")
+        try:
+            input_cost, read_cost, write_cost, output_cost, reasoning_cost, total, saved = \
+                line_costs(counts, model, version, service_tier=event.service_tier.value,
+                           cache_hit=event.cache_hit, memo=self._rates)
+        except ArithmeticError:  # a rate past Decimal's exponent range
+            raise _cost_out_of_range("overflows", event.model, version.version) from None
+        if not (total < MAX_EVENT_COST and saved < MAX_EVENT_COST):
+            # a price no catalog should hold (numbers.py: no real call costs 10^9): the event
+            # is set aside rather than stopping the sink, the budgets' timer or the forecast
+            # job, and with them metering, for every tenant
+            raise _cost_out_of_range(f"{total} (saved {saved}) is not below {MAX_EVENT_COST}",
+                                     event.model, version.version)
         weight, units, tier = self._score(
             input_tokens + output_tokens,
             event.task_type,
@@ -175,6 +175,14 @@ class Meter:
                                       "tokenmeter defect: report it, replay once fixed",
                                       item, None, source, now))
         return out
+
+
+def _cost_out_of_range(what: str, model: str, version: str) -> ValidationFailed:
+    return ValidationFailed(
+        "out_of_range",
+        f"the cost of this call of {model} at price version {version} {what}, the most one "
+        "call may cost; correct that price in the catalog, then `tokenmeter dlq replay "
+        "--reason out_of_range`")
 
 
 def _dead(reason: str, detail: str, item: object, raw: bytes | str | None, source: Source,

@@ -19,9 +19,15 @@ MAX_POOL_NAME = 64
 WIDE = Context(prec=80)
 # what the budget_breaches columns hold: amounts Decimal(38, 12), percent Decimal(76, 6)
 MAX_AMOUNT = Decimal(10) ** 26
-# what usage_events.value_weight holds (Decimal(18, 6)); value_units = weight x tokens then
-# stays below 10^12 x 2 x MAX_TOKENS, far inside its Decimal(38, 6)
-MAX_WEIGHT = Decimal(10) ** 12
+# Bounds one metered event is checked against: far inside its own columns so that what is
+# summed from events keeps room too. The costliest real call (10^8 tokens, the largest a field
+# takes, at the dearest list rate, ~$600 per million) is below $10^5; 10^9 per event leaves
+# sums of 10^16 events below the Decimal(38, 12) rollups' 10^26 (ClickHouse wraps past it,
+# silently) and run rates below the 10^22 a forecast quantizes at 28 digits
+MAX_EVENT_COST = Decimal(10) ** 9
+# value weights are multipliers (the shipped policy's run 0.3-5); value_units = weight x
+# tokens stays below 10^6 x 2 x 10^8 per event
+MAX_WEIGHT = Decimal(10) ** 6
 MAX_PERCENT = Decimal(10) ** 70
 
 

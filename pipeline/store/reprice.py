@@ -31,9 +31,9 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from pipeline.core.catalog import Catalog
+from pipeline.core.catalog import Catalog, ModelPrice, PriceVersion
 from pipeline.core.events import CostLines, cache_writes_1h
-from pipeline.core.numbers import MAX_AMOUNT
+from pipeline.core.numbers import MAX_EVENT_COST
 from pipeline.core.pricing import TokenCounts, cost_lines
 from pipeline.errors import PricingError
 from pipeline.store.client import Store
@@ -142,7 +142,19 @@ def _price(row: list[Any], catalog: Catalog) -> CostLines | None:
     except PricingError:
         return None
     writes = row[index["cache_creation_input_tokens"]]
-    lines = cost_lines(
+    try:
+        lines = _lines(row, model, version, writes, catalog)
+    except ArithmeticError:  # a rate past Decimal's exponent range
+        return None
+    if not (lines.total_cost < MAX_EVENT_COST and lines.saved_cost < MAX_EVENT_COST):
+        return None  # a price past what one call may cost: kept as stored, as the meter refuses
+    return lines
+
+
+def _lines(row: list[Any], model: ModelPrice, version: PriceVersion, writes: int,
+           catalog: Catalog) -> CostLines:
+    index = _INDEX
+    return cost_lines(
         TokenCounts(row[index["input_tokens"]], row[index["output_tokens"]],
                     row[index["cache_read_input_tokens"]], writes,
                     row[index["reasoning_output_tokens"]],
@@ -153,9 +165,6 @@ def _price(row: list[Any], catalog: Catalog) -> CostLines | None:
                                     lists_1h_price=version.cache_write_1h is not None)),
         model, version, currency=catalog.currency,
         service_tier=row[index["service_tier"]], cache_hit=bool(row[index["cache_hit"]]))
-    if lines.total_cost >= MAX_AMOUNT or lines.saved_cost >= MAX_AMOUNT:
-        return None  # a price past what the ledger holds: kept as stored, as the meter refuses it
-    return lines
 
 
 def plan_day(rows: Any, journal: Sequence[Entry], catalog: Catalog, now: datetime) -> DayPlan:

@@ -1,4 +1,4 @@
-"""A price or weight past what the ledger stores sets its events aside; the rest meter on."""
+"""A price or weight past what one event may carry sets its events aside; the rest meter on."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import json
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import pytest
+
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.meter import Meter
-from pipeline.core.numbers import MAX_AMOUNT, MAX_WEIGHT
+from pipeline.core.numbers import MAX_EVENT_COST, MAX_WEIGHT
 from pipeline.core.scoring import load_policy
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
@@ -29,11 +31,16 @@ def message(*events: dict) -> str:
     return json.dumps([{**BASE, **e} for e in events])  # a batch envelope
 
 
-def test_a_cost_past_the_ledger_is_dead_lettered_and_the_batch_goes_on() -> None:
-    # 10^26 for one million input tokens: exactly what Decimal(38, 12) no longer holds
-    meter = Meter(catalog_pricing_gpt_4o_input_at(str(MAX_AMOUNT)), load_policy())
+@pytest.mark.parametrize(("price", "cache_hit"), [
+    (str(MAX_EVENT_COST), False),  # one million input tokens: exactly the bound
+    (str(MAX_EVENT_COST), True),   # a cache hit costs 0 and saves the bound
+    ("1E+999999", False),          # past Decimal's exponent range once multiplied
+])
+def test_a_cost_past_the_bound_is_dead_lettered_and_the_batch_goes_on(price: str,
+                                                                       cache_hit: bool) -> None:
+    meter = Meter(catalog_pricing_gpt_4o_input_at(price), load_policy())
     out = meter.meter_message(message(
-        {"event_id": "big", "provider": "openai", "model": "gpt-4o"},
+        {"event_id": "big", "provider": "openai", "model": "gpt-4o", "cache_hit": cache_hit},
         {"event_id": "ok", "provider": "openai", "model": "gpt-4o-mini"}), now=NOW)
     assert [p.event_id for p in out.priced] == ["ok"]
     (dead,) = out.dead
@@ -41,24 +48,24 @@ def test_a_cost_past_the_ledger_is_dead_lettered_and_the_batch_goes_on() -> None
     assert "correct that price in the catalog" in dead.detail
 
 
-def test_the_largest_storable_cost_is_metered() -> None:
-    below = Decimal("9.9E+25")  # per million tokens: the cost of this event
+def test_a_cost_just_below_the_bound_is_metered() -> None:
+    below = MAX_EVENT_COST - Decimal("0.01")  # per million tokens: the cost of this event
     meter = Meter(catalog_pricing_gpt_4o_input_at(str(below)), load_policy())
     priced = meter.meter_object({**BASE, "event_id": "e", "provider": "openai",
                                  "model": "gpt-4o"}, now=NOW)
     assert priced.total_cost == below
 
 
-def test_a_weight_past_the_ledger_is_dead_lettered_every_time() -> None:
-    policy = load_policy().model_copy(update={"task_weights": {"odd": MAX_WEIGHT,
-                                                               "fine": MAX_WEIGHT / 10}})
+def test_a_weight_outside_the_bounds_is_dead_lettered_every_time() -> None:
+    policy = load_policy().model_copy(update={"task_weights": {
+        "huge": MAX_WEIGHT, "negative": Decimal("-0.5"), "fine": MAX_WEIGHT / 10}})
     meter = Meter(load_catalog(), policy)
     events = [{"event_id": f"e{i}", "provider": "openai", "model": "gpt-4o-mini",
                "task_type": task, "criticality": "normal"}
-              for i, task in enumerate(("odd", "fine", "odd"))]
+              for i, task in enumerate(("huge", "fine", "negative", "huge"))]
     out = meter.meter_message(message(*events), now=NOW)
     assert [p.event_id for p in out.priced] == ["e1"]
     assert out.priced[0].value_weight == MAX_WEIGHT / 10
-    assert [(d.event_id, d.reason_code) for d in out.dead] == [("e0", "out_of_range"),
-                                                               ("e2", "out_of_range")]
-    assert "lower it in the value policy" in out.dead[0].detail
+    assert [(d.event_id, d.reason_code) for d in out.dead] == [
+        ("e0", "out_of_range"), ("e2", "out_of_range"), ("e3", "out_of_range")]
+    assert "correct it in the value policy" in out.dead[0].detail
