@@ -20,8 +20,9 @@ WIDE = Context(prec=80)
 # what the budget_breaches columns hold: amounts Decimal(38, 12), percent Decimal(76, 6)
 MAX_AMOUNT = Decimal(10) ** 26
 # Bounds one metered event is checked against: far inside its own columns so that what is
-# summed from events keeps room too. The costliest real call (10^8 tokens, the largest a field
-# takes, at the dearest list rate, ~$600 per million) is below $10^5; 10^9 per event leaves
+# summed from events keeps room too. The costliest call the catalog can bill (10^8 input and
+# 10^8 output tokens, the most the fields take, at its dearest rate, $75 per million in
+# 2026-12) is below $10^5; 10^9 per event leaves
 # sums of 10^16 events below the Decimal(38, 12) rollups' 10^26 (ClickHouse wraps past it,
 # silently) and run rates below the 10^22 a forecast quantizes at 28 digits
 MAX_EVENT_COST = Decimal(10) ** 9
