@@ -40,15 +40,16 @@ class CallUsage:
 NO_TOKENS = CallUsage(0, 0)
 
 
-def _get(obj: Any, name: str) -> Any:
+def field_of(obj: Any, name: str) -> Any:
     """Attribute or key: the SDKs hand out pydantic objects, raw JSON is dicts."""
     if obj is None:
         return None
     return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
 
 
-def _int(obj: Any, name: str) -> int:
-    value = _get(obj, name)
+def count_of(obj: Any, name: str) -> int:
+    """A token count field, 0 when absent or not an integer."""
+    value = field_of(obj, name)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
@@ -63,31 +64,30 @@ def service_tier(raw: Any) -> tuple[str, str | None]:
     return ours, (None if raw == ours else raw)
 
 
-def openai_chat_usage(usage: Any, tier: Any = None) -> CallUsage | None:
-    """Chat Completions ``usage`` (prompt_tokens includes cached, completion reasoning)."""
+def _openai_usage(usage: Any, tier: Any, counted_in: str, counted_out: str) -> CallUsage | None:
+    # both OpenAI APIs: the input count includes cached tokens, the output count reasoning
+    # ones, each with its "<name>_details" breakdown; only the names differ
     if usage is None:
         return None
     ours, raw = service_tier(tier)
     return CallUsage(
-        input_tokens=_int(usage, "prompt_tokens"),
-        output_tokens=_int(usage, "completion_tokens"),
-        cache_read_input_tokens=_int(_get(usage, "prompt_tokens_details"), "cached_tokens"),
-        reasoning_output_tokens=_int(_get(usage, "completion_tokens_details"),
-                                     "reasoning_tokens"),
+        input_tokens=count_of(usage, counted_in),
+        output_tokens=count_of(usage, counted_out),
+        cache_read_input_tokens=count_of(field_of(usage, f"{counted_in}_details"),
+                                         "cached_tokens"),
+        reasoning_output_tokens=count_of(field_of(usage, f"{counted_out}_details"),
+                                         "reasoning_tokens"),
         service_tier=ours, provider_service_tier=raw)
+
+
+def openai_chat_usage(usage: Any, tier: Any = None) -> CallUsage | None:
+    """Chat Completions ``usage`` (prompt_tokens includes cached, completion reasoning)."""
+    return _openai_usage(usage, tier, "prompt_tokens", "completion_tokens")
 
 
 def openai_responses_usage(usage: Any, tier: Any = None) -> CallUsage | None:
     """Responses API ``usage`` (input_tokens includes cached, output_tokens reasoning)."""
-    if usage is None:
-        return None
-    ours, raw = service_tier(tier)
-    return CallUsage(
-        input_tokens=_int(usage, "input_tokens"),
-        output_tokens=_int(usage, "output_tokens"),
-        cache_read_input_tokens=_int(_get(usage, "input_tokens_details"), "cached_tokens"),
-        reasoning_output_tokens=_int(_get(usage, "output_tokens_details"), "reasoning_tokens"),
-        service_tier=ours, provider_service_tier=raw)
+    return _openai_usage(usage, tier, "input_tokens", "output_tokens")
 
 
 def anthropic_call_usage(usage: Any) -> CallUsage | None:
@@ -97,7 +97,7 @@ def anthropic_call_usage(usage: Any) -> CallUsage | None:
     from pipeline.sdk._producer import anthropic_usage
 
     mapped = anthropic_usage(usage)
-    ours, raw = service_tier(_get(usage, "service_tier"))
+    ours, raw = service_tier(field_of(usage, "service_tier"))
     return CallUsage(
         input_tokens=mapped["input_tokens"], output_tokens=mapped["output_tokens"],
         cache_read_input_tokens=mapped.get("cache_read_input_tokens", 0),
@@ -169,12 +169,12 @@ def pick_model(catalog: Catalog, provider: str, reported: Any, requested: str) -
 
 
 def _response_usage(api: str, response: Any) -> CallUsage | None:
-    usage = _get(response, "usage")
+    usage = field_of(response, "usage")
     if api == "messages":
         return anthropic_call_usage(usage)
     if api == "responses":
-        return openai_responses_usage(usage, _get(response, "service_tier"))
-    return openai_chat_usage(usage, _get(response, "service_tier"))
+        return openai_responses_usage(usage, field_of(response, "service_tier"))
+    return openai_chat_usage(usage, field_of(response, "service_tier"))
 
 
 def _body_usage(api: str, response: Any) -> CallUsage | None:
@@ -231,54 +231,54 @@ class _StreamState:
         return False
 
     def _chat(self, chunk: Any) -> bool:
-        self.model = _get(chunk, "model") or self.model
-        self.tier = _get(chunk, "service_tier") or self.tier
-        choices = _get(chunk, "choices") or []
+        self.model = field_of(chunk, "model") or self.model
+        self.tier = field_of(chunk, "service_tier") or self.tier
+        choices = field_of(chunk, "choices") or []
         for choice in choices:
-            delta = _get(choice, "delta")
+            delta = field_of(choice, "delta")
             for key in ("content", "refusal"):
-                value = _get(delta, key)
+                value = field_of(delta, key)
                 if isinstance(value, str):
                     self.text.append(value)
-            for tc in _get(delta, "tool_calls") or []:
-                fn = _get(tc, "function")
+            for tc in field_of(delta, "tool_calls") or []:
+                fn = field_of(tc, "function")
                 for key in ("name", "arguments"):
-                    value = _get(fn, key)
+                    value = field_of(fn, key)
                     if isinstance(value, str):
                         self.text.append(value)
-        usage = _get(chunk, "usage")
+        usage = field_of(chunk, "usage")
         if usage is not None:
             self.final = openai_chat_usage(usage, self.tier)
             return self.hide_usage_chunk and not choices
         return False
 
     def _messages(self, event: Any) -> None:
-        kind = _get(event, "type")
+        kind = field_of(event, "type")
         if kind == "message_start":
-            message = _get(event, "message")
-            self.model = _get(message, "model") or self.model
-            self.start = _as_dict(_get(message, "usage"))
+            message = field_of(event, "message")
+            self.model = field_of(message, "model") or self.model
+            self.start = _as_dict(field_of(message, "usage"))
             self.partial = anthropic_call_usage(self.start)
         elif kind == "content_block_delta":
-            delta = _get(event, "delta")
+            delta = field_of(event, "delta")
             for key in ("text", "partial_json", "thinking"):
-                value = _get(delta, key)
+                value = field_of(delta, key)
                 if isinstance(value, str):
                     self.text.append(value)
         elif kind == "message_delta":
-            usage = _get(event, "usage")
+            usage = field_of(event, "usage")
             if usage is not None:
                 self.final = merge_anthropic(self.start, usage)
 
     def _responses(self, event: Any) -> None:
-        kind = _get(event, "type") or ""
-        response = _get(event, "response")
+        kind = field_of(event, "type") or ""
+        response = field_of(event, "response")
         if response is not None:
-            self.model = _get(response, "model") or self.model
-            self.tier = _get(response, "service_tier") or self.tier
-            usage = _get(response, "usage")
+            self.model = field_of(response, "model") or self.model
+            self.tier = field_of(response, "service_tier") or self.tier
+            usage = field_of(response, "usage")
             if usage is not None:
                 self.final = openai_responses_usage(usage, self.tier)
-        delta = _get(event, "delta")
+        delta = field_of(event, "delta")
         if isinstance(kind, str) and kind.endswith(".delta") and isinstance(delta, str):
             self.text.append(delta)

@@ -19,21 +19,10 @@ from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.outcomes import validate_outcome
 from pipeline.core.validate import validate_event
 from pipeline.errors import PricingError, ValidationFailed
+from pipeline.sdk._call_usage import count_of, field_of
 from pipeline.sdk._decisions import Reservation, _stamp_reservation, reserve
 from pipeline.sdk.routing import stamp_route
 from pipeline.stream.topics import PRODUCER_SIZES
-
-
-def _field(obj: Any, name: str) -> Any:
-    """Attribute or key: the anthropic SDK hands out pydantic objects, raw JSON is dicts."""
-    if obj is None:
-        return None
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-
-def _tokens(obj: Any, name: str) -> int:
-    value = _field(obj, name)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def anthropic_usage(usage: Any) -> dict[str, int]:
@@ -43,14 +32,14 @@ def anthropic_usage(usage: Any) -> dict[str, int]:
     writes are ``cache_creation_input_tokens`` (else the 5m + 1h split), the 1-hour part
     ``usage.cache_creation.ephemeral_1h_input_tokens``.
     """
-    read = _tokens(usage, "cache_read_input_tokens")
-    split = _field(usage, "cache_creation")
-    one_hour = _tokens(split, "ephemeral_1h_input_tokens")
-    written = (_tokens(usage, "cache_creation_input_tokens")
-               if _field(usage, "cache_creation_input_tokens") is not None
-               else _tokens(split, "ephemeral_5m_input_tokens") + one_hour)
-    out = {"input_tokens": _tokens(usage, "input_tokens") + read + written,
-           "output_tokens": _tokens(usage, "output_tokens")}
+    read = count_of(usage, "cache_read_input_tokens")
+    split = field_of(usage, "cache_creation")
+    one_hour = count_of(split, "ephemeral_1h_input_tokens")
+    written = (count_of(usage, "cache_creation_input_tokens")
+               if field_of(usage, "cache_creation_input_tokens") is not None
+               else count_of(split, "ephemeral_5m_input_tokens") + one_hour)
+    out = {"input_tokens": count_of(usage, "input_tokens") + read + written,
+           "output_tokens": count_of(usage, "output_tokens")}
     if read:
         out["cache_read_input_tokens"] = read
     if written:

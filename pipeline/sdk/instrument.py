@@ -47,10 +47,10 @@ from pipeline.sdk._call_usage import (
     NO_TOKENS,
     ZERO,
     CallUsage,
-    _get,
     _response_usage,
     anthropic_call_usage,
     estimate,
+    field_of,
     merge_anthropic,
     openai_chat_usage,
     openai_responses_usage,
@@ -106,7 +106,7 @@ def _wrap_sync(original: Callable[..., Any], api: str, meterer: _Meterer) -> Cal
             return MeteredStream(result, call, meterer)
         call.meter.done = True
         meterer.emit(call, [meterer.success(call, _response_usage(api, result),
-                                            _get(result, "model"))])
+                                            field_of(result, "model"))])
         _attach(result, call.meter)
         return result
 
@@ -133,7 +133,7 @@ def _wrap_async(original: Callable[..., Any], api: str, meterer: _Meterer) -> Ca
             return AsyncMeteredStream(result, call, meterer)
         call.meter.done = True
         await meterer.aemit(call, [meterer.success(call, _response_usage(api, result),
-                                                   _get(result, "model"))])
+                                                   field_of(result, "model"))])
         _attach(result, call.meter)
         return result
 
