@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, Overflow
 
 from pipeline.core.catalog import Catalog
 from pipeline.core.events import DeadLetter, PricedUsage, UsageEvent, cache_writes_1h
@@ -116,13 +116,14 @@ class Meter:
             input_cost, read_cost, write_cost, output_cost, reasoning_cost, total, saved = \
                 line_costs(counts, model, version, service_tier=event.service_tier.value,
                            cache_hit=event.cache_hit, memo=self._rates)
-        except ArithmeticError:  # a rate past Decimal's exponent range
-            raise _cost_out_of_range("overflows", event.model, version.version) from None
+        except Overflow:  # a rate past Decimal's exponent range (other signals are defects)
+            raise _cost_out_of_range("overflows Decimal's range", event.model,
+                                     version.version) from None
         if not (total < MAX_EVENT_COST and saved < MAX_EVENT_COST):
             # a price no catalog should hold (numbers.py: no real call costs 10^9): the event
             # is set aside rather than stopping the sink, the budgets' timer or the forecast
             # job, and with them metering, for every tenant
-            raise _cost_out_of_range(f"{total} (saved {saved}) is not below {MAX_EVENT_COST}",
+            raise _cost_out_of_range(f"is {total} (saved {saved}), not below {MAX_EVENT_COST}",
                                      event.model, version.version)
         weight, units, tier = self._score(
             input_tokens + output_tokens,
@@ -180,9 +181,9 @@ class Meter:
 def _cost_out_of_range(what: str, model: str, version: str) -> ValidationFailed:
     return ValidationFailed(
         "out_of_range",
-        f"the cost of this call of {model} at price version {version} {what}, the most one "
-        "call may cost; correct that price in the catalog, then `tokenmeter dlq replay "
-        "--reason out_of_range`")
+        f"the cost of this call of {model} at price version {version} {what}; one call may "
+        f"cost less than {MAX_EVENT_COST}: correct that price in the catalog, then "
+        "`tokenmeter dlq replay --reason out_of_range`")
 
 
 def _dead(reason: str, detail: str, item: object, raw: bytes | str | None, source: Source,

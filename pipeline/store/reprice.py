@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Decimal, Overflow
 from typing import Any
 
 from pipeline.core.catalog import Catalog, ModelPrice, PriceVersion
@@ -144,7 +144,7 @@ def _price(row: list[Any], catalog: Catalog) -> CostLines | None:
     writes = row[index["cache_creation_input_tokens"]]
     try:
         lines = _lines(row, model, version, writes, catalog)
-    except ArithmeticError:  # a rate past Decimal's exponent range
+    except Overflow:  # a rate past Decimal's exponent range, as the meter refuses it
         return None
     if not (lines.total_cost < MAX_EVENT_COST and lines.saved_cost < MAX_EVENT_COST):
         return None  # a price past what one call may cost: kept as stored, as the meter refuses
