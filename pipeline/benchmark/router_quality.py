@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli.router_data import read_rows
-from pipeline.cli.router_train import _fit_model, _matrix
+from pipeline.cli.router_train import out_of_fold_scores
 from pipeline.core import routing as r
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "routing" / "mmlu"
@@ -27,15 +27,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "routing"
 def leave_one_subject_out(spec: r.FeatureSpec, rows: list[Any], c: float, label: str,
                           balance: bool) -> list[float]:
     """Each row's score from a model trained on every other subject (one fit per subject)."""
-    x = _matrix(spec, [row.prompt for row in rows])
-    scores = [0.0] * len(rows)
-    for subject in sorted({row.source for row in rows}):
-        test = [i for i, row in enumerate(rows) if row.source == subject]
-        train = [i for i, row in enumerate(rows) if row.source != subject]
-        model = _fit_model(x[train], [rows[i] for i in train], c, label, balance)
-        for i, p in zip(test, model.predict_proba(x[test])[:, 1], strict=True):
-            scores[i] = float(p)
-    return scores
+    # router train's own grouped out-of-fold scoring with a fold per subject
+    return out_of_fold_scores(spec, rows, c, label, balance,
+                              folds=len({row.source for row in rows}))
 
 
 def main(argv: list[str] | None = None) -> int:
